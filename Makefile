@@ -1,0 +1,41 @@
+# Set-up and entry points. `make demo` runs the main job, `make test` the test suite; each creates
+# .venv when missing, installs torch first (keeps an installed one, else torch==2.13.0 with its
+# matching triton), then avfast with its test extras (no build isolation: it builds against this torch).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+TORCH_PIN ?= torch==2.13.0 triton==3.7.1
+
+.PHONY: install demo test test-all bench info cuda-check clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+install: $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q numpy ninja "setuptools>=64" wheel
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+
+demo: install
+	$(PY) -m avfast.cli info
+	$(PY) -m avfast.cli bench --quick
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-all: install
+	$(PY) -m pytest -q tests --runslow
+
+bench: install
+	$(PY) -m avfast.cli bench
+
+info: install
+	$(PY) -m avfast.cli info
+
+# Compile every CUDA source with nvcc (CI does this on CPU machines so the .cu files cannot rot).
+cuda-check:
+	bash .ci/nvcc_check.sh
+
+clean:
+	rm -rf build *.egg-info avfast/_C*.so

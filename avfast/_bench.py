@@ -1,0 +1,88 @@
+"""Runs the pytest-benchmark suites in ``benchmarks/`` and turns their JSON into ratio tables.
+
+Convention (``benchmarks/_harness.py`` sets it): every benchmark has a ``group`` and in its
+``extra_info`` a ``provider`` name and ``baseline`` flag; ``items``/``unit`` give a throughput.
+Within a group, speed-up = baseline mean time / provider mean time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def benchmarks_dir() -> Path:
+    """``benchmarks/`` of the source checkout avfast runs from (editable install or PYTHONPATH)."""
+    root = Path(__file__).resolve().parent.parent
+    path = root / "benchmarks"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"no benchmarks/ next to {root}: `avfast bench` runs from a source checkout "
+            "(git clone, then pip install --no-build-isolation -e .)"
+        )
+    return path
+
+
+def ratio_rows(data: dict) -> list[dict]:
+    """One row per benchmark: group, provider, mean seconds, speed-up vs the group's baseline."""
+    by_group: dict[str, list[dict]] = {}
+    for b in data.get("benchmarks", []):
+        by_group.setdefault(b.get("group") or b["name"], []).append(b)
+    rows = []
+    for group, items in sorted(by_group.items()):
+        base = [b for b in items if b.get("extra_info", {}).get("baseline")]
+        base_mean = base[0]["stats"]["mean"] if base else None
+        for b in sorted(items, key=lambda b: b["stats"]["mean"]):
+            info = b.get("extra_info", {})
+            mean = b["stats"]["mean"]
+            row = {
+                "group": group,
+                "provider": info.get("provider", b["name"]),
+                "baseline": bool(info.get("baseline")),
+                "mean_s": mean,
+                "speedup": (base_mean / mean) if base_mean else None,
+            }
+            if info.get("items"):
+                row["throughput"] = f"{info['items'] / mean:,.1f} {info.get('unit', 'items')}/s"
+            if info.get("peak_bytes"):
+                row["peak_MiB"] = info["peak_bytes"] / 2**20
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table of ``ratio_rows``."""
+    lines = ["| group | provider | mean | speed-up vs baseline | throughput | peak MiB |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        speed = "baseline" if r["baseline"] else (f"{r['speedup']:.2f}x" if r["speedup"] else "n/a")
+        peak = f"{r['peak_MiB']:.0f}" if r.get("peak_MiB") else ""
+        lines.append(f"| {r['group']} | {r['provider']} | {r['mean_s'] * 1e3:.2f} ms | {speed} | {r.get('throughput', '')} | {peak} |")
+    return "\n".join(lines)
+
+
+def run(ops: list[str], *, quick: bool = False, json_path: str | None = None) -> int:
+    """Run ``benchmarks/bench_<op>.py`` (all when ``ops`` is empty) and print the ratio table."""
+    bdir = benchmarks_dir()
+    files = [bdir / f"bench_{op}.py" for op in ops] if ops else sorted(bdir.glob("bench_*.py"))
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        print(f"no such benchmark file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if not files:
+        print("no benchmarks in this build yet", file=sys.stderr)
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        out = json_path or os.path.join(tmp, "bench.json")
+        env = dict(os.environ, AVFAST_BENCH_QUICK="1" if quick else os.environ.get("AVFAST_BENCH_QUICK", "0"))
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, files),
+               f"--benchmark-json={out}", "--benchmark-disable-gc"]
+        if quick:
+            cmd += ["-m", "not slow"]
+        code = subprocess.call(cmd, env=env, cwd=bdir.parent)
+        if os.path.exists(out):
+            with open(out) as f:
+                print(format_table(ratio_rows(json.load(f))))
+    return code

@@ -1,0 +1,51 @@
+"""Shared pieces of the CPU benchmark suites (pytest-benchmark).
+
+Each benchmark test times ONE provider and tags it; tests of one group (same inputs) time avfast and
+its baseline in the same run, so ``avfast bench`` / ``benchmarks/report.py`` print their ratio.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+QUICK = os.environ.get("AVFAST_BENCH_QUICK", "0") == "1"
+
+
+def size(full, quick):
+    """``quick`` under ``avfast bench --quick`` / AVFAST_BENCH_QUICK=1, else ``full``."""
+    return quick if QUICK else full
+
+
+def run(benchmark, fn, *args, group: str, provider: str, baseline: bool = False, items: float | None = None,
+        unit: str = "items", rounds: int = 5, **extra):
+    """Time ``fn(*args)`` under ``group`` as ``provider``; ``items`` per call gives a throughput."""
+    benchmark.group = group
+    benchmark.extra_info.update(provider=provider, baseline=baseline, items=items, unit=unit, **extra)
+    if QUICK:
+        return benchmark.pedantic(fn, args=args, rounds=1, iterations=1, warmup_rounds=0)
+    return benchmark.pedantic(fn, args=args, rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+def peak_rss_subprocess(code: str, timeout: float = 3600) -> dict:
+    """Run ``code`` in a fresh Python and return ``{"peak_bytes": ru_maxrss, **result}``.
+
+    ``code`` may set a dict ``result``; it is returned too. A fresh process makes the peak the
+    code's own, not the test session's.
+    """
+    wrapper = textwrap.dedent(
+        """
+        import json, resource, sys
+        result = {}
+        exec(compile(sys.stdin.read(), "<bench>", "exec"))
+        result["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print("AVFAST_RESULT" + json.dumps(result))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", wrapper], input=code, text=True, capture_output=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory run failed:\n{proc.stderr[-4000:]}")
+    line = [l for l in proc.stdout.splitlines() if l.startswith("AVFAST_RESULT")][-1]
+    return json.loads(line[len("AVFAST_RESULT"):])
