@@ -38,6 +38,7 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # op name -> backend name -> Backend
 _REGISTRY: dict[str, dict[str, "Backend"]] = {}
 _LOGGED: set = set()
+_AVAILABILITY: dict[tuple[str, str], str | None] = {}
 
 
 class BackendError(RuntimeError):
@@ -79,7 +80,7 @@ class Backend:
         declaration. ``info`` carries op-specific values (``k=5``, ``needs_grad=True``, ...) that
         the backend's ``check`` reads.
         """
-        unavailable = self.available()
+        unavailable = _availability(self.op, self.name)
         if unavailable:
             return [unavailable]
         present = [t for t in tensors if t is not None]
@@ -105,6 +106,15 @@ class Backend:
         if self.check is not None and not reasons:
             reasons.extend(self.check(*tensors, **info))
         return reasons
+
+
+@torch._dynamo.assume_constant_result
+def _availability(op: str, name: str) -> str | None:
+    """``available()`` of a backend, evaluated once per process (also at torch.compile trace time)."""
+    key = (op, name)
+    if key not in _AVAILABILITY:
+        _AVAILABILITY[key] = _REGISTRY[op][name].available()
+    return _AVAILABILITY[key]
 
 
 def register_backend(op: str, name: str, **declaration) -> Callable[[Callable], Callable]:
@@ -149,10 +159,11 @@ def get_backend(op: str, name: str) -> Backend:
 
 def available_backends(op: str) -> list[str]:
     """Backends of ``op`` that can run on this machine (built, dependencies importable)."""
-    return [b.name for b in backends(op) if b.available() is None]
+    return [b.name for b in backends(op) if _availability(op, b.name) is None]
 
 
-def _env_choice(op: str, names: Sequence[str]) -> str | None:
+@torch._dynamo.assume_constant_result
+def _env_choice(op: str, names: tuple[str, ...]) -> str | None:
     value = os.environ.get(ENV_VAR, "").strip()
     if not value or value == "auto":
         return None
@@ -191,7 +202,7 @@ def select(op: str, *tensors: torch.Tensor | None, backend: str = "auto", **info
     if len(devices) > 1:
         raise ValueError(f"{op}: all tensors must be on one device, got {sorted(map(str, devices))}")
     candidates = backends(op)
-    names = [b.name for b in candidates]
+    names = tuple(b.name for b in candidates)
     if backend == "auto":
         backend = _env_choice(op, names) or "auto"
     if backend != "auto":
@@ -209,7 +220,7 @@ def select(op: str, *tensors: torch.Tensor | None, backend: str = "auto", **info
     for b in ranked:
         reasons = b.not_supported_reasons(tensors, **info)
         if not reasons:
-            if refused:
+            if refused and not torch.compiler.is_compiling():
                 _log_once(op, b.name, refused)
             return b
         refused.append((b.name, reasons))
@@ -297,6 +308,6 @@ def backend_table() -> list[tuple[str, str, str]]:
     rows = []
     for op in ops():
         for b in backends(op):
-            reason = b.available()
+            reason = _availability(op, b.name)
             rows.append((op, b.name, "available" if reason is None else reason))
     return rows

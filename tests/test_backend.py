@@ -14,6 +14,7 @@ OP = "_toy_op"
 def toy(monkeypatch):
     monkeypatch.setitem(_backend._REGISTRY, OP, {})
     monkeypatch.delenv(_backend.ENV_VAR, raising=False)
+    monkeypatch.setattr(_backend, "_AVAILABILITY", {})
     register_backend(OP, "torch", priority=0, autograd=True)(lambda x: ("torch", x))
     register_backend(OP, "fast", priority=20, devices=("cpu",), dtypes=(torch.float32,),
                      check=lambda x, k=1: [f"k={k} > 8"] if k > 8 else [])(lambda x: ("fast", x))
@@ -129,3 +130,16 @@ def test_triton_declaration_follows_interpreter(monkeypatch):
     assert _backend.triton_explicit_devices() == ()
     if not torch.cuda.is_available():
         assert "no CUDA device" in (_backend.triton_available() or "")
+
+
+def test_select_traces_under_torch_compile_fullgraph(toy, monkeypatch):
+    monkeypatch.delitem(_backend._REGISTRY[toy], "flaky")
+
+    def public(x):
+        impl = select(toy, x)
+        return impl.fn(x)[1] * 2
+
+    x = torch.randn(3)
+    torch._dynamo.reset()
+    out = torch.compile(public, fullgraph=True, backend="eager")(x)
+    assert torch.equal(out, x * 2)
