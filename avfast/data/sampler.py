@@ -1,0 +1,197 @@
+"""``SameSourceBatchSampler``: batches where a fixed share of clips comes from one source (movie).
+
+Seed 001 builds every minibatch so that 1/8 of it comes from one long-form source: hard negatives
+for the contrastive loss. Here each rank's local batch of ``B`` clips holds ``k = ceil(fraction * B)``
+clips of one source, drawn per (seed, epoch, rank, step) among the sources that still have ``k``
+unused clips (weighted by how many they have), and ``B - k`` clips taken in a random order.
+
+The epoch is one global plan that every rank computes identically from (seed, epoch): step by
+step, rank by rank, clips are taken without replacement, so ranks are disjoint, no clip repeats in
+an epoch (hence none in a batch), and the epoch ends for all ranks at the same step (when a rank
+could not fill a whole batch or a source group), so every rank yields the same number of batches.
+
+Resuming: ``state_dict()`` records the epoch and how many steps were taken at which world size and
+batch size; ``load_state_dict`` replays those steps (which clips they used, not their order) and
+continues with the remaining clips on the current world size, so a run may resume mid-epoch on a
+different number of ranks (or batch size) without repeating or skipping clips.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+
+__all__ = ["SameSourceBatchSampler"]
+
+
+class _EpochPool:
+    """Unused clips of one epoch: a global random order plus the same order per source."""
+
+    def __init__(self, source_codes: np.ndarray, num_sources: int, seed: int, epoch: int):
+        self.order = np.random.default_rng([seed, epoch, 0x5EED]).permutation(len(source_codes))
+        self.used = np.zeros(len(source_codes), dtype=bool)
+        self.cursor = 0
+        codes_in_order = source_codes[self.order]
+        by_source = np.argsort(codes_in_order, kind="stable")
+        bounds = np.searchsorted(codes_in_order[by_source], np.arange(num_sources + 1))
+        self.per_source = [self.order[by_source[bounds[s]:bounds[s + 1]]] for s in range(num_sources)]
+        self.source_cursor = np.zeros(num_sources, dtype=np.int64)
+        self.remaining = np.bincount(source_codes, minlength=num_sources).astype(np.int64)
+        self.codes = source_codes
+        self.left = len(source_codes)
+
+    def _take(self, clip: int) -> int:
+        self.used[clip] = True
+        self.remaining[self.codes[clip]] -= 1
+        self.left -= 1
+        return int(clip)
+
+    def take_from_source(self, source: int, k: int) -> list[int]:
+        out, lst, c = [], self.per_source[source], int(self.source_cursor[source])
+        while len(out) < k:
+            clip = lst[c]
+            c += 1
+            if not self.used[clip]:
+                out.append(self._take(clip))
+        self.source_cursor[source] = c
+        return out
+
+    def take_random(self, n: int) -> list[int]:
+        out = []
+        while len(out) < n:
+            clip = self.order[self.cursor]
+            self.cursor += 1
+            if not self.used[clip]:
+                out.append(self._take(clip))
+        return out
+
+
+class SameSourceBatchSampler:
+    """Batch sampler mixing a same-source group into every batch; distributed and resumable.
+
+    Args:
+        source_ids: source (movie) of each clip, any hashable values; ``len(source_ids)`` clips.
+        batch_size: the local batch size of each rank.
+        same_source_fraction: share of each local batch from one source; ``k = ceil(fraction *
+            batch_size)`` clips (0 turns the grouping off). Paper: 1/8.
+        seed: base seed; the plan is a function of (seed, epoch) only.
+        num_replicas, rank: world size and this process's rank.
+
+    Yields lists of ``batch_size`` clip indices; ``len(sampler)`` is the number of batches this rank
+    yields in the current epoch (from the resume point). Call ``set_epoch(e)`` before each epoch.
+    """
+
+    def __init__(self, source_ids: Sequence, batch_size: int, same_source_fraction: float = 0.125, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 ({batch_size} given)")
+        if not 0.0 <= same_source_fraction <= 1.0:
+            raise ValueError(f"same_source_fraction must be in [0, 1] ({same_source_fraction} given)")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas) ({rank}, {num_replicas} given)")
+        names, codes = np.unique(np.asarray([str(s) for s in source_ids]), return_inverse=True)
+        if len(codes) == 0:
+            raise ValueError("source_ids is empty")
+        self.source_codes = codes.astype(np.int64)
+        self.num_sources = len(names)
+        self.batch_size = batch_size
+        self.fraction = same_source_fraction
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self._done: list[list[int]] = []  # [world_size, batch_size, steps] segments already taken this epoch
+        self._yielded = 0
+        self._finished = False
+        if self.group_size > self.source_codes.size:
+            raise ValueError(f"a same-source group of {self.group_size} needs more clips than the {codes.size} given")
+
+    @property
+    def group_size(self) -> int:
+        """Clips per local batch from the one drawn source: ``ceil(fraction * batch_size)``."""
+        return math.ceil(self.fraction * self.batch_size - 1e-9)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (a resumed position in the same epoch is kept)."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._done = []
+            self._yielded = 0
+            self._finished = False
+
+    def _draw_source(self, pool: _EpochPool, k: int, step: int, rank: int) -> int | None:
+        eligible = np.where(pool.remaining >= k, pool.remaining, 0)
+        total = int(eligible.sum())
+        if total == 0:
+            return None
+        u = np.random.default_rng([self.seed, self.epoch, rank, step]).random()
+        return int(np.searchsorted(np.cumsum(eligible), u * total, side="right"))
+
+    def _batch(self, pool: _EpochPool, world: int, batch: int, step: int, rank: int) -> list[int] | None:
+        k = math.ceil(self.fraction * batch - 1e-9)
+        if pool.left < batch:
+            return None
+        group: list[int] = []
+        if k > 0:
+            source = self._draw_source(pool, k, step, rank)
+            if source is None:
+                return None
+            group = pool.take_from_source(source, k)
+        return group + pool.take_random(batch - k)
+
+    def _plan(self) -> list[list[int]]:
+        """This rank's remaining batches of the current epoch (replaying the recorded segments)."""
+        pool = _EpochPool(self.source_codes, self.num_sources, self.seed, self.epoch)
+        step = 0
+        for world, batch, steps in ([] if self._finished else self._done):
+            for _ in range(steps):
+                for r in range(world):
+                    if self._batch(pool, world, batch, step, r) is None:
+                        return []
+                step += 1
+        mine: list[list[int]] = []
+        while True:
+            row = [self._batch(pool, self.num_replicas, self.batch_size, step, r) for r in range(self.num_replicas)]
+            if any(b is None for b in row):
+                return mine
+            mine.append(row[self.rank])
+            step += 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        plan = self._plan()  # a finished epoch iterated again (no set_epoch) starts over
+        self._done, self._finished = ([], False) if self._finished else (self._done, False)
+        self._yielded = 0
+        for batch in plan:
+            self._yielded += 1
+            yield batch
+        self._done = self._segments(self._yielded)
+        self._yielded = 0
+        self._finished = True
+
+    def __len__(self) -> int:
+        return len(self._plan())
+
+    def _segments(self, batches_done: int) -> list[list[int]]:
+        seg = [list(s) for s in self._done]
+        if batches_done:
+            seg.append([self.num_replicas, self.batch_size, int(batches_done)])
+        return seg
+
+    def state_dict(self, batches_done: int | None = None) -> dict:
+        """Position in the epoch. ``batches_done``: batches of the current iteration actually
+        consumed (pass it when a DataLoader prefetches ahead of the training loop); default: the
+        batches yielded so far."""
+        done = self._yielded if batches_done is None else batches_done
+        return {"epoch": self.epoch, "seed": self.seed, "num_clips": int(self.source_codes.size),
+                "segments": self._segments(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at ``state``'s position; world size, rank and batch size may differ from the saving run."""
+        if state["num_clips"] != self.source_codes.size:
+            raise ValueError(f"state is for {state['num_clips']} clips, this sampler has {self.source_codes.size}")
+        self.seed = state["seed"]
+        self.epoch = state["epoch"]
+        self._done = [list(s) for s in state["segments"]]
+        self._yielded = 0
+        self._finished = False
