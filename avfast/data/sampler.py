@@ -159,12 +159,19 @@ class SameSourceBatchSampler:
             step += 1
 
     def __iter__(self) -> Iterator[list[int]]:
+        for _, batch in self.iter_with_steps():
+            yield batch
+
+    def iter_with_steps(self) -> Iterator[tuple[int, list[int]]]:
+        """Like ``iter(sampler)`` but yields ``(step, batch)``: ``step`` counts the epoch's global
+        steps (also those taken before a resume), e.g. for a per-batch language round-robin."""
         plan = self._plan()  # a finished epoch iterated again (no set_epoch) starts over
         self._done, self._finished = ([], False) if self._finished else (self._done, False)
+        first = sum(seg[2] for seg in self._done)
         self._yielded = 0
         for batch in plan:
             self._yielded += 1
-            yield batch
+            yield first + self._yielded - 1, batch
         self._done = self._segments(self._yielded)
         self._yielded = 0
         self._finished = True

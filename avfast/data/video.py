@@ -55,10 +55,13 @@ def clip_times(start: float, duration: float | None, num_frames: int | None, fps
     return start + idx / fps
 
 
-def _output_size(width: int, height: int, size) -> tuple[int, int]:
-    """(width, height) after scaling so the short side is ``size`` (int) or to ``size=(H, W)``."""
+def _output_size(width: int, height: int, size, max_short_side: int | None = None) -> tuple[int, int]:
+    """(width, height) after scaling so the short side is ``size`` (int) or to ``size=(H, W)``;
+    with ``size=None``, frames whose short side exceeds ``max_short_side`` are scaled down to it."""
     if size is None:
-        return width, height
+        if max_short_side is None or min(width, height) <= max_short_side:
+            return width, height
+        size = max_short_side
     if isinstance(size, (tuple, list)):
         return int(size[1]), int(size[0])
     scale = size / min(width, height)
@@ -128,8 +131,12 @@ class PyAVVideoReader:
         self.size = size
 
     def read(self, path, start: float = 0.0, duration: float | None = None, num_frames: int | None = 16,
-             fps: float = 25.0, sampling: str = "uniform", size=None) -> torch.Tensor:
+             fps: float = 25.0, sampling: str = "uniform", size=None,
+             max_short_side: int | None = None) -> torch.Tensor:
         """Frames of ``[start, start + duration)`` resampled to ``fps``: uint8 (T, C, H, W).
+
+        ``size`` overrides the reader's output size; ``max_short_side`` only ever scales down
+        (a data loader's cheap pre-scale before its random resize).
 
         Raises ``DataError`` (naming ``path`` and the reason) for a missing, empty, corrupt or
         truncated file, a file without a video stream, an unsupported codec, or a clip outside the video.
@@ -142,11 +149,12 @@ class PyAVVideoReader:
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = self.threads
             with decoding(path, "video decoding"):
-                frames = self._decode_at(container, stream, times, path, size if size is not None else self.size)
+                size = size if size is not None else self.size
+                frames = self._decode_at(container, stream, times, path, size, max_short_side)
         return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
 
     @staticmethod
-    def _decode_at(container, stream, times: np.ndarray, path: str, size) -> list[np.ndarray]:
+    def _decode_at(container, stream, times: np.ndarray, path: str, size, max_short_side) -> list[np.ndarray]:
         """For each target time, the frame shown then (RGB HWC uint8); decode stops after the last."""
         first = float(times[0])
         if first > 0 and stream.time_base is not None:
@@ -158,7 +166,7 @@ class PyAVVideoReader:
 
         def rgb(frame, n: int) -> np.ndarray:
             if cache[0] != n:  # frames are visited in order: only the latest conversion can be reused
-                w, h = _output_size(frame.width, frame.height, size)
+                w, h = _output_size(frame.width, frame.height, size, max_short_side)
                 cache[:] = [n, frame.to_ndarray(format="rgb24", width=w, height=h)]
             return cache[1]
 
