@@ -57,6 +57,8 @@ def _pick_stream(container, path: str, track):
         raise DataError(path, "no audio stream")
     if track is None:
         return streams[0]
+    if any(s.codec_context is None for s in streams):
+        raise DataError(path, "unsupported audio codec (this FFmpeg build has no decoder for a stream)")
     if isinstance(track, (int, np.integer)):
         if not 0 <= track < len(streams):
             raise DataError(path, f"audio track {track} requested but the file has {len(streams)} audio stream(s)")

@@ -145,7 +145,7 @@ class QuadrupleDataset(Dataset):
     def load(self, index: int, epoch: int = 0, step: int | None = None) -> dict:
         """The example of clip ``index`` (raises ``DataError`` for a bad clip)."""
         clip = self.clips[index]
-        rng = np.random.default_rng([self.seed, epoch, index, -1 if step is None else step])
+        rng = np.random.default_rng([self.seed, epoch, index, 0 if step is None else step + 1])
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         if not self.train:
             rng = np.random.default_rng([self.seed, index])  # fixed windows for evaluation

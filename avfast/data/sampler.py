@@ -102,6 +102,7 @@ class SameSourceBatchSampler:
         self.rank = rank
         self.epoch = 0
         self._done: list[list[int]] = []  # [world_size, batch_size, steps] segments already taken this epoch
+        self._base: list[list[int]] = []  # segments before the latest iteration began
         self._yielded = 0
         self._finished = False
         if self.group_size > self.source_codes.size:
@@ -116,7 +117,7 @@ class SameSourceBatchSampler:
         """Start epoch ``epoch`` (a resumed position in the same epoch is kept)."""
         if epoch != self.epoch:
             self.epoch = epoch
-            self._done = []
+            self._done, self._base = [], []
             self._yielded = 0
             self._finished = False
 
@@ -167,26 +168,27 @@ class SameSourceBatchSampler:
         steps (also those taken before a resume), e.g. for a per-batch language round-robin."""
         plan = self._plan()  # a finished epoch iterated again (no set_epoch) starts over
         self._done, self._finished = ([], False) if self._finished else (self._done, False)
+        self._base = [list(seg) for seg in self._done]
         first = sum(seg[2] for seg in self._done)
         self._yielded = 0
         for batch in plan:
             self._yielded += 1
             yield first + self._yielded - 1, batch
         self._done = self._segments(self._yielded)
-        self._yielded = 0
         self._finished = True
 
     def __len__(self) -> int:
         return len(self._plan())
 
     def _segments(self, batches_done: int) -> list[list[int]]:
-        seg = [list(s) for s in self._done]
+        """Segments after ``batches_done`` batches of the latest iteration."""
+        seg = [list(s) for s in self._base]
         if batches_done:
             seg.append([self.num_replicas, self.batch_size, int(batches_done)])
         return seg
 
     def state_dict(self, batches_done: int | None = None) -> dict:
-        """Position in the epoch. ``batches_done``: batches of the current iteration actually
+        """Position in the epoch. ``batches_done``: batches of the latest iteration actually
         consumed (pass it when a DataLoader prefetches ahead of the training loop); default: the
         batches yielded so far."""
         done = self._yielded if batches_done is None else batches_done
@@ -200,5 +202,6 @@ class SameSourceBatchSampler:
         self.seed = state["seed"]
         self.epoch = state["epoch"]
         self._done = [list(s) for s in state["segments"]]
+        self._base = [list(s) for s in self._done]
         self._yielded = 0
         self._finished = False

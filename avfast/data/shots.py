@@ -2,7 +2,7 @@
 
 Frames are decoded at low resolution (swscale on FFmpeg's side) and compared frame to frame: by
 colour histograms (``"histogram"``: half the L1 distance of per-channel histograms, in [0, 1]) or
-by pixels (``"pixel"``: mean absolute difference of grey frames / 255). A difference above
+by pixels (``"pixel"``: mean absolute difference of RGB values / 255). A difference above
 ``threshold`` starts a new shot. ``keep_shots`` applies seed 001's filter (3-12 s) and
 ``build_manifest`` writes one manifest line per kept shot.
 """
@@ -23,7 +23,7 @@ DEFAULT_THRESHOLDS = {"histogram": 0.35, "pixel": 0.12}
 
 def _signature(rgb: np.ndarray, method: str, bins: int) -> np.ndarray:
     if method == "pixel":
-        return rgb.astype(np.float32).mean(axis=2) / 255.0
+        return rgb.astype(np.float32) / 255.0
     hist = [np.bincount((rgb[..., c].ravel().astype(np.int32) * bins) >> 8, minlength=bins) for c in range(3)]
     return np.concatenate(hist).astype(np.float32) / (rgb.shape[0] * rgb.shape[1])
 

@@ -73,8 +73,9 @@ def _video_stream(container, path):
         raise DataError(path, "no video stream")
     stream = container.streams.video[0]
     ctx = stream.codec_context
-    if ctx is None or ctx.codec is None or stream.codec_context.name in ("none", ""):
-        raise DataError(path, f"unsupported video codec (no decoder for {stream.codec_context.name!r})")
+    if ctx is None or ctx.name in ("none", ""):
+        tag = stream.metadata.get("codec_tag") or getattr(stream, "codec_tag", "") or "unknown"
+        raise DataError(path, f"unsupported video codec ({tag!r}: this FFmpeg build has no decoder for it)")
     return stream
 
 
