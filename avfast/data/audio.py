@@ -14,7 +14,7 @@ import torch
 
 from avfast.data.errors import DataError, decoding, open_media
 
-__all__ = ["load_audio", "audio_tracks", "normalize_language", "iso639_2"]
+__all__ = ["load_audio", "save_audio", "audio_tracks", "normalize_language", "iso639_2"]
 
 # ISO 639-1 <-> 639-2/B/T codes of common dub languages; containers store 639-2 ("eng").
 _LANG_ALIASES = {
@@ -153,3 +153,25 @@ def _decode_span(container, stream, resampler, start: float, duration: float | N
         raise DataError(container.name, "no decodable audio in the requested interval")
     wave = np.concatenate(chunks, axis=1) if chunks else np.zeros((1, 0), np.float32)
     return wave, first_time
+
+
+def save_audio(path, wave, sample_rate: int, language: str | None = None, codec: str = "flac") -> str:
+    """Write float (C, N) or (N,) in [-1, 1] (tensor or array) as 16-bit audio (FLAC by default),
+    language-tagged when ``language`` is given. Returns the path."""
+    import av
+
+    wave = np.atleast_2d(wave.numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave))
+    if wave.shape[0] not in (1, 2):
+        raise ValueError(f"wave must be (1 or 2, N) ({wave.shape} given)")
+    layout = "mono" if wave.shape[0] == 1 else "stereo"
+    path = os.fspath(path)
+    with av.open(path, "w") as out:
+        stream = out.add_stream(codec, rate=sample_rate, layout=layout)
+        if language:
+            stream.metadata["language"] = iso639_2(language)
+        pcm = (np.clip(wave, -1, 1) * 32767).astype(np.int16).T.reshape(1, -1)  # packed s16
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm), format="s16", layout=layout)
+        frame.sample_rate = sample_rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return path

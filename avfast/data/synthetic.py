@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avfast.data.audio import iso639_2
+from avfast.data.audio import iso639_2, save_audio
 from avfast.data.manifest import Clip, write_manifest
 
 __all__ = ["make_demo_data", "synthetic_voice", "espeak_available"]
@@ -184,20 +184,6 @@ def _envelope(wave: np.ndarray, sample_rate: int, fps: float, frames: int) -> np
     return np.clip(rms / (rms.max() + 1e-9), 0, 1)
 
 
-def _write_flac(path: Path, wave: np.ndarray, sample_rate: int) -> None:
-    import av
-
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("flac", rate=sample_rate, layout="mono")
-        pcm = (np.clip(wave, -1, 1) * 32767).astype(np.int16)[None, :]
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = sample_rate
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-
-
 def _write_movie(path: Path, frames: np.ndarray, tracks: dict[str, np.ndarray], fps: int, sample_rate: int,
                  embed_audio: bool) -> None:
     """H.264 (key frame every second and at cuts) + one language-tagged FLAC stream per track."""
@@ -308,8 +294,8 @@ def make_demo_data(out_dir, *, num_movies: int = 6, shots_per_movie: int = 4, sh
                 t0 = end
             waves = {lang: np.concatenate(v) for lang, v in tracks.items()}
             for lang, wave in waves.items():
-                _write_flac(out_dir / "movies" / f"{name}.{lang}.flac", wave, sample_rate)
-            _write_flac(out_dir / "movies" / f"{name}.sep.flac", np.concatenate(bg_all), sample_rate)
+                save_audio(out_dir / "movies" / f"{name}.{lang}.flac", wave, sample_rate)
+            save_audio(out_dir / "movies" / f"{name}.sep.flac", np.concatenate(bg_all), sample_rate)
             _write_movie(out_dir / "movies" / f"{name}.mp4", np.stack(frames), waves, fps, sample_rate, embed_audio)
     manifest = out_dir / "manifest.jsonl"
     write_manifest(manifest, clips)
