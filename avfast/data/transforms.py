@@ -15,8 +15,13 @@ KINETICS_MEAN = (0.45, 0.45, 0.45)
 KINETICS_STD = (0.225, 0.225, 0.225)
 
 
+def _rand(generator: torch.Generator | None) -> float:
+    """One uniform draw in [0, 1) from ``generator`` (on its own device, CPU or CUDA)."""
+    return float(torch.rand((), generator=generator, device=generator.device if generator is not None else None))
+
+
 def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=generator))
+    return lo + (hi - lo) * _rand(generator)
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class VideoAugment:
             window = window.float()
         out = F.interpolate(window, size=(self.crop, self.crop), mode="bilinear", antialias=size > self.crop,
                             align_corners=False)
-        if self.train and self.flip and float(torch.rand((), generator=generator)) < 0.5:
+        if self.train and self.flip and _rand(generator) < 0.5:
             out = out.flip(-1)
         mean = torch.tensor(self.mean, device=out.device).view(1, 3, 1, 1) * 255
         std = torch.tensor(self.std, device=out.device).view(1, 3, 1, 1) * 255
