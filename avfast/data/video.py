@@ -241,8 +241,7 @@ class DaliVideoReader:
         decode = getattr(fn, "decoders", None)
         decode = getattr(decode, "video", None) or fn.experimental.decoders.video
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
-                      exec_dynamic=True)
+        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id)
         def pipe():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
