@@ -41,29 +41,32 @@ class _EpochPool:
         self.codes = source_codes
         self.left = len(source_codes)
 
-    def _take(self, clip: int) -> int:
-        self.used[clip] = True
-        self.remaining[self.codes[clip]] -= 1
-        self.left -= 1
-        return int(clip)
+    def _take_next(self, seq: np.ndarray, cursor: int, n: int) -> tuple[list[int], int]:
+        """The next ``n`` unused clips of ``seq`` from ``cursor`` (vectorised scan); marks them used."""
+        taken: list[np.ndarray] = []
+        got = 0
+        while got < n:
+            chunk = seq[cursor: cursor + 2 * (n - got) + 8]
+            free = chunk[~self.used[chunk]]
+            if len(free) >= n - got:
+                free = free[: n - got]
+                cursor = int(np.flatnonzero(chunk == free[-1])[0]) + cursor + 1
+            else:
+                cursor += len(chunk)
+            taken.append(free)
+            got += len(free)
+            self.used[free] = True
+        out = np.concatenate(taken) if taken else np.zeros(0, np.int64)
+        np.subtract.at(self.remaining, self.codes[out], 1)
+        self.left -= len(out)
+        return out.tolist(), cursor
 
     def take_from_source(self, source: int, k: int) -> list[int]:
-        out, lst, c = [], self.per_source[source], int(self.source_cursor[source])
-        while len(out) < k:
-            clip = lst[c]
-            c += 1
-            if not self.used[clip]:
-                out.append(self._take(clip))
-        self.source_cursor[source] = c
+        out, self.source_cursor[source] = self._take_next(self.per_source[source], int(self.source_cursor[source]), k)
         return out
 
     def take_random(self, n: int) -> list[int]:
-        out = []
-        while len(out) < n:
-            clip = self.order[self.cursor]
-            self.cursor += 1
-            if not self.used[clip]:
-                out.append(self._take(clip))
+        out, self.cursor = self._take_next(self.order, self.cursor, n)
         return out
 
 
@@ -90,7 +93,10 @@ class SameSourceBatchSampler:
             raise ValueError(f"same_source_fraction must be in [0, 1] ({same_source_fraction} given)")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, num_replicas) ({rank}, {num_replicas} given)")
-        names, codes = np.unique(np.asarray([str(s) for s in source_ids]), return_inverse=True)
+        try:
+            names, codes = np.unique(np.asarray(source_ids), return_inverse=True)
+        except TypeError:  # mixed types: compare as strings
+            names, codes = np.unique(np.asarray([str(s) for s in source_ids]), return_inverse=True)
         if len(codes) == 0:
             raise ValueError("source_ids is empty")
         self.source_codes = codes.astype(np.int64)
@@ -122,12 +128,17 @@ class SameSourceBatchSampler:
             self._finished = False
 
     def _draw_source(self, pool: _EpochPool, k: int, step: int, rank: int) -> int | None:
+        """A source with >= k unused clips, drawn with probability proportional to its unused clips."""
+        rng = np.random.default_rng([self.seed, self.epoch, rank, step])
+        for _ in range(16):  # the source of a random unused clip, if it is eligible (cheap while most are unused)
+            clip = int(rng.integers(len(pool.used)))
+            if not pool.used[clip] and pool.remaining[pool.codes[clip]] >= k:
+                return int(pool.codes[clip])
         eligible = np.where(pool.remaining >= k, pool.remaining, 0)
         total = int(eligible.sum())
         if total == 0:
             return None
-        u = np.random.default_rng([self.seed, self.epoch, rank, step]).random()
-        return int(np.searchsorted(np.cumsum(eligible), u * total, side="right"))
+        return int(np.searchsorted(np.cumsum(eligible), rng.random() * total, side="right"))
 
     def _batch(self, pool: _EpochPool, world: int, batch: int, step: int, rank: int) -> list[int] | None:
         k = math.ceil(self.fraction * batch - 1e-9)
