@@ -238,7 +238,9 @@ def build_loader(dataset: QuadrupleDataset, batch_size: int, *, same_source_frac
         num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if ready else 1)
         rank = rank if rank is not None else (dist.get_rank() if ready else 0)
     if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1)
+        num_workers = 0 if dataset.config.reader == "dali" else min(8, os.cpu_count() or 1)
+    if dataset.config.reader == "dali" and num_workers > 0:
+        raise ValueError("reader='dali' decodes on the GPU in the main process: use num_workers=0")
     sampler = SameSourceBatchSampler(dataset.source_ids, batch_size, same_source_fraction, seed=seed,
                                      num_replicas=num_replicas, rank=rank)
     extra = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers,

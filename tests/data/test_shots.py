@@ -30,3 +30,11 @@ def test_build_manifest_from_movies(demo, tmp_path):
     assert again[0].source == "m000"
     # a threshold nothing reaches gives one shot per movie, which the 3-12 s filter drops
     assert build_manifest(videos[:1], tmp_path / "none.jsonl", threshold=2.0, max_len=5.0) == []
+
+
+def test_cli_shots(demo, tmp_path, capsys):
+    from avfast.cli import main
+
+    video = read_manifest(demo)[0].video
+    assert main(["shots", video, "-o", str(tmp_path / "m.jsonl"), "--method", "pixel"]) == 0
+    assert "wrote 2 shots" in capsys.readouterr().out
