@@ -57,9 +57,10 @@ def clip_times(start: float, duration: float | None, num_frames: int | None, fps
 
 def _output_size(width: int, height: int, size, max_short_side: int | None = None) -> tuple[int, int]:
     """(width, height) after scaling so the short side is ``size`` (int) or to ``size=(H, W)``;
-    with ``size=None``, frames whose short side exceeds ``max_short_side`` are scaled down to it."""
+    with ``size=None``, frames whose short side exceeds ``max_short_side`` by more than 25 % are
+    scaled down to it (for smaller excess, swscale's scaling costs more than it saves downstream)."""
     if size is None:
-        if max_short_side is None or min(width, height) <= max_short_side:
+        if max_short_side is None or min(width, height) <= 1.25 * max_short_side:
             return width, height
         size = max_short_side
     if isinstance(size, (tuple, list)):
@@ -137,7 +138,7 @@ class PyAVVideoReader:
         """Frames of ``[start, start + duration)`` resampled to ``fps``: uint8 (T, C, H, W).
 
         ``size`` overrides the reader's output size; ``max_short_side`` only ever scales down
-        (a data loader's cheap pre-scale before its random resize).
+        (a data loader's cheap pre-scale before its random resize; swscale, area filter).
 
         Raises ``DataError`` (naming ``path`` and the reason) for a missing, empty, corrupt or
         truncated file, a file without a video stream, an unsupported codec, or a clip outside the video.
@@ -168,7 +169,8 @@ class PyAVVideoReader:
         def rgb(frame, n: int) -> np.ndarray:
             if cache[0] != n:  # frames are visited in order: only the latest conversion can be reused
                 w, h = _output_size(frame.width, frame.height, size, max_short_side)
-                cache[:] = [n, frame.to_ndarray(format="rgb24", width=w, height=h)]
+                scaled = {"interpolation": "AREA"} if (w, h) != (frame.width, frame.height) else {}
+                cache[:] = [n, frame.to_ndarray(format="rgb24", width=w, height=h, **scaled)]
             return cache[1]
 
         j, prev, prev_time = 0, None, None
