@@ -10,7 +10,7 @@ Providers (same clips, same mel call):
 - ``naive`` (baseline): what ``torchvision.io.read_video``-style loading does: decode from the file
   start through the clip, convert every frame to RGB, pick 16, resize whole frames, crop; decode the
   audio from the start and slice.
-The source is a generated 640x360 H.264 movie (key frame every second) with FLAC audio.
+The sources are generated 640x360 and 1280x720 H.264 movies (key frame every second) with FLAC audio.
 """
 from __future__ import annotations
 
@@ -23,19 +23,21 @@ from _harness import run, size
 
 CLIPS = size(6, 2)
 WINDOW = 3.0
+SOURCES = size([(640, 360), (1280, 720)], [(640, 360)])
 
 
-@pytest.fixture(scope="module")
-def movie(tmp_path_factory):
+@pytest.fixture(scope="module", params=SOURCES, ids=lambda wh: f"{wh[1]}p")
+def movie(request, tmp_path_factory):
     from avfast.data import make_demo_data, read_manifest
 
+    width, height = request.param
     manifest = make_demo_data(tmp_path_factory.mktemp("bench_data"), num_movies=1, shots_per_movie=8,
-                              shot_seconds=(4.0, 5.0), width=640, height=360, voice="synthetic", seed=0)
+                              shot_seconds=(4.0, 5.0), width=width, height=height, voice="synthetic", seed=0)
     clip = read_manifest(manifest)[0]
     rng = np.random.default_rng(0)
     end = 8 * 4.0 - WINDOW
     starts = sorted(rng.uniform(2.0, end, CLIPS).tolist())
-    return clip.video, clip.audio["en"], starts
+    return clip.video, clip.audio["en"], starts, f"{height}p"
 
 
 def _mel(wave, gen):
@@ -96,14 +98,14 @@ def _one_thread():
 
 
 def test_clips_avfast(benchmark, movie):
-    out = run(benchmark, avfast_clips, *movie, group="data: clip 16x224 + mel, 1 worker", provider="avfast PyAV",
-              items=len(movie[2]), unit="clips", rounds=3)
+    out = run(benchmark, avfast_clips, *movie[:3], group=f"data: clip 16x224 + mel, 1 worker, {movie[3]} source",
+              provider="avfast PyAV", items=len(movie[2]), unit="clips", rounds=3)
     assert out[0][0].shape == (3, 16, 224, 224) and out[0][1].shape == (2, 96, 288)
 
 
 def test_clips_naive(benchmark, movie):
-    out = run(benchmark, naive_clips, *movie, group="data: clip 16x224 + mel, 1 worker", provider="naive decode-all",
-              baseline=True, items=len(movie[2]), unit="clips", rounds=3)
+    out = run(benchmark, naive_clips, *movie[:3], group=f"data: clip 16x224 + mel, 1 worker, {movie[3]} source",
+              provider="naive decode-all", baseline=True, items=len(movie[2]), unit="clips", rounds=3)
     assert out[0][0].shape == (3, 16, 224, 224)
 
 
@@ -122,10 +124,12 @@ def audio_only(audio, starts):
 
 
 def test_part_video(benchmark, movie):
-    run(benchmark, video_only, movie[0], movie[2], group="data: clip parts, 1 worker", provider="video 16x224",
+    run(benchmark, video_only, movie[0], movie[2], group=f"data: clip parts, 1 worker, {movie[3]} source",
+        provider="video 16x224",
         items=len(movie[2]), unit="clips", rounds=3)
 
 
 def test_part_audio(benchmark, movie):
-    run(benchmark, audio_only, movie[1], movie[2], group="data: clip parts, 1 worker", provider="audio 3 s + mel",
+    run(benchmark, audio_only, movie[1], movie[2], group=f"data: clip parts, 1 worker, {movie[3]} source",
+        provider="audio 3 s + mel",
         items=len(movie[2]), unit="clips", rounds=3)
