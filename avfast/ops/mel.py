@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -265,7 +266,9 @@ register_backend(OP, "torch", priority=0, autograd=True,
                   available=cpp_op("mel_spectrogram_cpu"),
                   description="fused C++: frames -> window -> real FFT -> sparse mel -> log -> masks, one pass per block of frames")
 def _mel_cpp(wave: Tensor, lengths: Tensor, masks: MelMasks, cfg: MelConfig) -> Tensor:
-    return _run_fused(torch.ops.avfast_C.mel_spectrogram_cpu, wave, lengths, masks, cfg)
+    # AVFAST_MEL_FFT=own|aten forces the block FFT (for benchmarks); default: ours for powers of two.
+    fft = {"own": 1, "aten": 2}.get(os.environ.get("AVFAST_MEL_FFT", ""), 0)
+    return torch.ops.avfast_C.mel_spectrogram_cpu(*fused_args(wave, lengths, masks, cfg), fft)
 
 
 _LOG_IDS = {"none": 0, "log": 1, "db": 2}
