@@ -271,6 +271,21 @@ def _mel_cpp(wave: Tensor, lengths: Tensor, masks: MelMasks, cfg: MelConfig) -> 
     return torch.ops.avfast_C.mel_spectrogram_cpu(*fused_args(wave, lengths, masks, cfg), fft)
 
 
+@triton_backend(OP, priority=30, dtypes=(torch.float16, torch.float32, torch.float64),
+                description="Triton: DFT as a tiled matmul + power + mel + log in one kernel, then a per-sample finish kernel")
+def _mel_triton(wave: Tensor, lengths: Tensor, masks: MelMasks, cfg: MelConfig) -> Tensor:
+    from avfast.kernels.mel import mel_spectrogram_triton
+
+    return _run_fused(mel_spectrogram_triton, wave, lengths, masks, cfg)
+
+
+@register_backend(OP, "cuda", priority=40, devices=("cuda",), dtypes=(torch.float16, torch.float32, torch.float64),
+                  available=cuda_op("mel_spectrogram_cuda"),
+                  description="CUDA C++: shared-memory DFT tiles + mel + log, then a per-sample finish kernel")
+def _mel_cuda(wave: Tensor, lengths: Tensor, masks: MelMasks, cfg: MelConfig) -> Tensor:
+    return _run_fused(torch.ops.avfast_C.mel_spectrogram_cuda, wave, lengths, masks, cfg)
+
+
 _LOG_IDS = {"none": 0, "log": 1, "db": 2}
 _BOUNDARY_IDS = {"constant": 0, "reflect": 1, "replicate": 2, "symmetric": 3}
 

@@ -213,12 +213,13 @@ def test_requires_grad_dispatches_to_torch():
     assert x.grad is not None and x.grad.isfinite().all()
 
 
-def test_custom_op_opcheck_and_compile():
+@pytest.mark.parametrize("backend", ["torch"] + [b for b in FUSED if b == "triton"])
+def test_custom_op_opcheck_and_compile(backend):
     x = _wave(2, 1, 700)
     lengths = torch.tensor([700, 500])
     fm = torch.tensor([[[1, 3]], [[0, 0]]])
     tm = torch.tensor([[[2, 4]], [[1, 5]]])
-    kw = dict(_flat(SMALL["dub"]), backend="torch")
+    kw = dict(_flat(SMALL["dub"]), backend=backend)
     check_custom_op(_mel_op, (x, lengths, fm, tm), kw)
 
 
