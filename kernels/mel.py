@@ -84,7 +84,7 @@ def _mel_fwd_kernel(x_ptr, len_ptr, frames_ptr, win_ptr, cos_ptr, sin_ptr, fb_pt
             im += tl.dot(v, tl.load(sin_ptr + tab, mask=ok_t, other=0.0), input_precision=PRECISION)
         p = re * re + im * im
         if not POWER2:
-            p = tl.where(p > 0, tl.exp(0.5 * power * tl.log(tl.maximum(p, 1e-38))), 0.0)
+            p = tl.where(p > 0, tl.exp(0.5 * power * tl.log(tl.maximum(p, 1e-30).to(tl.float32))), 0.0)
         fb = tl.load(fb_ptr + k[:, None] * n_mels + m[None, :], mask=(k < n_freq)[:, None] & (m < n_mels)[None, :],
                      other=0.0)
         acc += tl.dot(p, fb, input_precision=PRECISION)
