@@ -23,6 +23,7 @@ CONFIGS = [
     dict(gather="ring", backend="chunked", symmetric=False, label_smoothing=0.1),
     dict(gather="all_gather", backend="chunked", kind="siglip"),
     dict(gather="ring", backend="chunked", kind="siglip"),
+    dict(gather="all_gather", backend="triton", source_weight=0.5),  # under TRITON_INTERPRET=1 without a GPU
 ]
 
 
@@ -43,9 +44,9 @@ def _loss_and_grads(xa, xb, src, pos, weight, config, **dist_kwargs):
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     kind = config.get("kind", "infonce")
     bias = torch.nn.Parameter(torch.tensor(-2.0)) if kind == "siglip" else None
-    opts = {k: v for k, v in config.items() if k not in ("gather", "backend")}
+    opts = dict({"source_weight": 3.0}, **{k: v for k, v in config.items() if k not in ("gather", "backend")})
     loss = contrastive_loss(enc(xa), enc(xb), logit_scale=logit_scale, logit_bias=bias, source_ids=src,
-                            positive_ids=pos, source_weight=3.0, backend=config["backend"], **opts, **dist_kwargs)
+                            positive_ids=pos, backend=config["backend"], **opts, **dist_kwargs)
     loss.backward()
     grads = [enc.weight.grad, logit_scale.grad] + ([bias.grad] if bias is not None else [])
     return loss.detach(), [g.detach() for g in grads]
