@@ -1,0 +1,272 @@
+"""avfast.ops.affinity_topk: every backend against the dense float64 reference."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avfast import BackendError
+from avfast.ops import affinity as A
+from avfast.ops import affinity_topk
+from helpers import assert_close, assert_deterministic, backends_for, check_compiles, check_custom_op, tol
+
+BACKENDS = backends_for("affinity_topk", "cpu")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def dense_topk(x, y, k, metric="cosine", exclude_self=False):
+    """The B x N matrix in float64 and a stable sort: (value desc, index asc). x (.., B, D), y (.., N, D)."""
+    x, y = x.double(), y.double()
+    if metric == "cosine":
+        s = F.normalize(x, dim=-1, eps=A.NORM_EPS) @ F.normalize(y, dim=-1, eps=A.NORM_EPS).transpose(-1, -2)
+    elif metric == "dot":
+        s = x @ y.transpose(-1, -2)
+    else:
+        s = -(x.unsqueeze(-2) - y.unsqueeze(-3)).square().sum(-1)
+    if exclude_self:
+        eye = torch.eye(s.shape[-2], s.shape[-1], dtype=torch.bool)
+        s = s.masked_fill(eye, float("-inf"))
+    order = s.sort(dim=-1, descending=True, stable=True).indices[..., :k]
+    return s.gather(-1, order), order, s
+
+
+def check_topk(vals, idx, x, y, k, metric="cosine", exclude_self=False, dtype=torch.float32, exact_indices=None):
+    """Values within the dtype's tolerance; every chosen index scores its slot's reference value; no repeats.
+
+    Indices must equal the reference's where a row's reference values are separated by more than the
+    tolerance (always for float32 on random data when ``exact_indices``).
+    """
+    ref_v, ref_i, s = dense_topk(x, y, k, metric, exclude_self)
+    scale = ref_v.abs().max().clamp_min(1).item()
+    t = tol(dtype, 4 * scale)
+    assert vals.dtype == x.dtype and idx.dtype == torch.long and vals.shape == ref_v.shape
+    assert_close(vals.double(), ref_v, **t, msg="values")
+    assert_close(s.gather(-1, idx), ref_v, **t, msg="reference score of the chosen indices")
+    assert (idx.sort(-1).values.diff(dim=-1) > 0).all(), "an index is chosen twice"
+    if exclude_self:
+        rows = torch.arange(idx.shape[-2]).unsqueeze(-1)
+        assert not (idx == rows).any(), "self chosen despite exclude_self"
+    if exact_indices if exact_indices is not None else dtype == torch.float32:
+        assert torch.equal(idx, ref_i), f"indices differ in {(idx != ref_i).sum().item()} places"
+
+
+def inputs(shape_x, shape_y, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape_x, generator=g).to(dtype), torch.randn(shape_y, generator=g).to(dtype)
+
+
+# Reference -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", A.METRICS)
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_reference_matches_dense(metric, exclude_self):
+    x, _ = inputs((3, 37, 19), (1,))
+    y = x if exclude_self else inputs((3, 53, 19), (3, 53, 19), seed=1)[1]
+    vals, idx = A.affinity_topk_reference(x.double(), y.double(), 6, metric, exclude_self)
+    check_topk(vals, idx, x.double(), y.double(), 6, metric, exclude_self, torch.float64, exact_indices=True)
+
+
+def test_reference_streams_blocks(monkeypatch):
+    """Tiny blocks (many merges of the running top-k) give the same result as one block."""
+    x, y = inputs((2, 33, 8), (2, 301, 8))
+    whole = A.affinity_topk_reference(x, y, 9, "dot", False)
+    monkeypatch.setattr(A, "_CHUNK_ELEMS", 64)
+    for got, want in zip(A.affinity_topk_reference(x, y, 9, "dot", False), whole):
+        assert torch.equal(got, want)
+    check_topk(*whole, x, y, 9, "dot")
+
+
+@pytest.mark.parametrize("metric", A.METRICS)
+def test_reference_gradcheck(metric):
+    x, y = inputs((2, 5, 4), (2, 9, 4), torch.float64)
+    x.requires_grad_(), y.requires_grad_()
+    torch.autograd.gradcheck(lambda a, b: A.affinity_topk_reference(a, b, 3, metric)[0], (x, y))
+
+
+# Public op, every backend ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", A.METRICS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 7, 5, 3), (3, 29, 71, 33)], ids=["tiny", "odd"])
+def test_backend_matches_reference(backend, metric, dtype, shape):
+    G, B, N, D = shape
+    x, y = inputs((G, B, D), (G, N, D), dtype)
+    k = min(5, N)
+    vals, idx = affinity_topk(x, y, k, metric=metric, backend=backend)
+    check_topk(vals, idx, x, y, k, metric, dtype=dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", A.METRICS)
+def test_backend_gradients(backend, metric):
+    x, y = inputs((2, 13, 11), (2, 40, 11))
+    v = torch.randn(2, 40, 6)
+    xs = [t.clone().requires_grad_() for t in (x, y, v)]
+    xr = [t.clone().double().requires_grad_() for t in (x, y, v)]
+    out = affinity_topk(*xs[:2], 4, metric=metric, aggregate=True, values=xs[2], tau=0.5, backend=backend)
+    ref = affinity_topk(*xr[:2], 4, metric=metric, aggregate=True, values=xr[2], tau=0.5, backend="torch")
+    assert torch.equal(out[1], ref[1])
+    g = [torch.randn_like(out[0]), torch.randn_like(out[2])]
+    torch.autograd.backward([out[0], out[2]], g)
+    torch.autograd.backward([ref[0], ref[2]], [t.double() for t in g])
+    for name, a, b in zip("xyv", xs, xr):
+        assert_close(a.grad, b.grad, **tol(torch.float32, 10), msg=f"grad of {name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batched_equals_per_group(backend):
+    x, y = inputs((3, 17, 8), (3, 45, 8))
+    vals, idx = affinity_topk(x, y, 4, metric="dot", backend=backend)
+    for g in range(3):
+        v, i = affinity_topk(x[g], y[g], 4, metric="dot", backend=backend)
+        assert torch.equal(i, idx[g]) and torch.equal(v, vals[g])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_k_equals_n_and_exclude_self(backend):
+    x, y = inputs((21, 6), (9, 6))
+    vals, idx = affinity_topk(x, y, 9, metric="neg_l2", backend=backend)
+    check_topk(vals, idx, x, y, 9, "neg_l2")
+    vals, idx = affinity_topk(x, None, 20, exclude_self=True, backend=backend)
+    check_topk(vals, idx, x, x, 20, "cosine", exclude_self=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_go_to_lower_index(backend):
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [3.0, 0.0]])
+    x = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    vals, idx = affinity_topk(x, y, 4, backend=backend)
+    # cosine 1 for rows 0, 2, 3, 5; the zero query row scores 0 with everything
+    assert idx.tolist() == [[0, 2, 3, 5], [0, 1, 2, 3]]
+    vals, idx = affinity_topk(x.repeat(3, 1), y[[0, 0, 0, 3, 3]], 3, metric="dot", exclude_self=False, backend=backend)
+    assert idx[0].tolist() == [0, 1, 2]
+    same = torch.ones(5, 3)
+    assert affinity_topk(same, None, 2, exclude_self=True, backend=backend)[1].tolist() == [[1, 2], [0, 2], [0, 1], [0, 1], [0, 1]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deterministic(backend):
+    x, y = inputs((2, 19, 7), (2, 50, 7))
+    x.requires_grad_()
+    assert_deterministic(lambda a, b: affinity_topk(a, b, 5, aggregate=True, backend=backend), x, y)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_search_recall(backend):
+    x, y = inputs((150, 32), (700, 32))
+    k = 5
+    vals, idx = affinity_topk(x, y, k, compute_dtype=torch.bfloat16, backend=backend)
+    ref_v, ref_i, _ = dense_topk(x, y, k)
+    recall = sum(len(set(a) & set(b)) for a, b in zip(idx.tolist(), ref_i.tolist())) / ref_i.numel()
+    assert recall >= 0.999
+    assert_close(vals.double(), ref_v, **tol(torch.float32, 4))   # re-ranked exactly
+
+
+# Aggregation, autograd, custom op ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weights", A.WEIGHTS)
+def test_aggregate_matches_dense_formula(weights):
+    x, y = inputs((2, 10, 6), (2, 30, 6))
+    v = torch.randn(2, 30, 4)
+    vals, idx, agg = affinity_topk(x, y, 5, tau=2.0, aggregate=True, weights=weights, values=v)
+    ref_v, ref_i, _ = dense_topk(x, y, 5)
+    s = ref_v / 2.0
+    w = torch.softmax(s.exp() if weights == "exp_softmax" else s, dim=-1)
+    want = (w.unsqueeze(-1) * torch.stack([v[g].double()[ref_i[g]] for g in range(2)])).sum(-2)
+    assert_close(agg.double(), want, **tol(torch.float32, 4))
+    # default: y's rows are aggregated, 2-D in -> 2-D out
+    vals, idx, agg = affinity_topk(x[0], y[0], 3, aggregate=True)
+    assert agg.shape == (10, 6)
+
+
+@pytest.mark.parametrize("metric", A.METRICS)
+def test_op_gradcheck(metric):
+    """The shared backward formula (used by every backend) against finite differences."""
+    x, y = inputs((2, 6, 5), (2, 11, 5), torch.float64)
+    v = torch.randn(2, 11, 3, dtype=torch.float64, requires_grad=True)
+    x.requires_grad_(), y.requires_grad_()
+    fn = lambda a, b, c: affinity_topk(a, b, 3, metric=metric, aggregate=True, values=c, tau=0.7,
+                                       weights="exp_softmax", backend="torch")[::2]
+    torch.autograd.gradcheck(fn, (x, y, v))
+    # self-affinity: x feeds both sides
+    torch.autograd.gradcheck(lambda a: affinity_topk(a, None, 3, metric=metric, exclude_self=True, backend="torch")[0], (x,))
+
+
+def test_zero_rows_cosine_gradient():
+    x = torch.zeros(1, 2, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(1, 5, 4, dtype=torch.float64, requires_grad=True)
+    vals = affinity_topk(x, y, 2, backend="torch")[0]
+    vals.sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_custom_op_opcheck_and_compile(backend):
+    x, y = inputs((2, 9, 6), (2, 20, 6))
+    check_custom_op(torch.ops.avfast.affinity_topk.default, (x.requires_grad_(), y, 4, "neg_l2", False, "", backend))
+
+
+def test_public_function_compiles():
+    x, y = inputs((12, 6), (30, 6))
+    check_compiles(lambda a, b: affinity_topk(a, b, 3, aggregate=True, backend="torch"), x, y)
+
+
+# Bad input -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_rows_raise(backend):
+    x, y = inputs((4, 3), (8, 3))
+    y[5, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"y has NaN or inf \(first in row \(5,\)\)"):
+        affinity_topk(x, y, 2, backend=backend)
+    x[2, 0] = float("inf")
+    with pytest.raises(ValueError, match="x has NaN or inf"):
+        affinity_topk(x, None, 2, backend=backend)
+
+
+def test_bad_arguments_are_named():
+    x, y = inputs((4, 3), (8, 3))
+    cases = [
+        (dict(y=y, k=9), "k must be an int in \\[1, min\\(N, 1024\\)\\] = \\[1, 8\\]"),
+        (dict(y=y, k=0), "k must be"),
+        (dict(y=None, k=4, exclude_self=True), "N minus the excluded self"),
+        (dict(y=y, k=2, exclude_self=True), "exclude_self needs y=None"),
+        (dict(y=y[:, :2], k=2), "disagree on D"),
+        (dict(y=y[None], k=2), "both be 2-D or both 3-D"),
+        (dict(y=y, k=2, metric="l1"), "metric must be one of"),
+        (dict(y=y, k=2, weights="max"), "weights must be one of"),
+        (dict(y=y, k=2, tau=0.0), "tau must be a positive"),
+        (dict(y=y, k=2, values=torch.ones(7, 2)), "values must be"),
+        (dict(y=y, k=2, compute_dtype=torch.float16), "compute_dtype must be"),
+    ]
+    for kwargs, pattern in cases:
+        with pytest.raises(ValueError, match=pattern):
+            affinity_topk(x, **kwargs)
+    with pytest.raises(TypeError, match="one dtype"):
+        affinity_topk(x, y.double(), 2)
+    with pytest.raises(TypeError, match="must be float"):
+        affinity_topk(x.long(), y.long(), 2)
+    with pytest.raises(ValueError, match="x must be a \\(B, D\\)"):
+        affinity_topk(x[0], y, 2)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton not available")
+def test_triton_refuses_large_k():
+    from avfast.kernels.affinity import MAX_TRITON_K
+
+    x, y = inputs((4, 3), (2000, 3))
+    with pytest.raises(BackendError, match=f"k={MAX_TRITON_K + 1} > {MAX_TRITON_K}"):
+        affinity_topk(x, y, MAX_TRITON_K + 1, backend="triton")
+
+
+def test_module_matches_function():
+    from avfast.nn import AffinityTopK
+
+    x, y = inputs((10, 6), (25, 6))
+    m = AffinityTopK(3, tau=2.0, aggregate=True, weights="exp_softmax")
+    assert "k=3" in repr(m)
+    for got, want in zip(m(x, y), affinity_topk(x, y, 3, tau=2.0, aggregate=True, weights="exp_softmax")):
+        assert torch.equal(got, want)

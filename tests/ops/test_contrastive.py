@@ -1,0 +1,321 @@
+"""avfast.ops.contrastive_loss: reference semantics, every backend vs the reference, custom op, modules."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import helpers
+from avfast import BackendError
+from avfast.nn import ContrastiveLoss, DubContrastiveLoss
+from avfast.ops import contrastive_loss, contrastive_loss_reference
+from avfast.ops import _contrastive_chunked as chunked
+
+BACKENDS = helpers.backends_for("contrastive_loss", "cpu")
+FUSED = helpers.fused_backends_for("contrastive_loss", "cpu")
+
+
+def _inputs(b=13, d=7, dtype=torch.float64, seed=0, n_src=3, n_pos=9):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(b, d, generator=g, dtype=dtype, requires_grad=True)
+    y = torch.randn(b, d, generator=g, dtype=dtype, requires_grad=True)
+    src = torch.randint(0, n_src, (b,), generator=g)
+    pos = torch.randint(0, n_pos, (b,), generator=g)
+    return a, y, src, pos
+
+
+# Reference semantics ------------------------------------------------------------------------------
+
+
+def test_reference_is_clip_loss_without_ids():
+    a, b, _, _ = _inputs()
+    an, bn = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = an @ bn.T / 0.07
+    labels = torch.arange(a.shape[0])
+    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    helpers.assert_close(contrastive_loss_reference(a, b), expected)
+    one_way = F.cross_entropy(logits, labels, label_smoothing=0.2)
+    helpers.assert_close(contrastive_loss_reference(a, b, symmetric=False, label_smoothing=0.2), one_way)
+
+
+def _loop_infonce(a, b, scale, src, pos, w):
+    """Row losses by the definition, one scalar at a time (source weighting and removal)."""
+    n = a.shape[0]
+    out = []
+    for i in range(n):
+        denom, pos_logit = 0.0, None
+        for j in range(n):
+            s = scale * float(a[i] @ b[j])
+            if j == i:
+                pos_logit = s
+                denom += math.exp(s)
+            elif pos[i] == pos[j]:
+                continue
+            elif src[i] == src[j]:
+                denom += w * math.exp(s)
+            else:
+                denom += math.exp(s)
+        out.append(math.log(denom) - pos_logit)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_reference_ids_semantics_by_definition():
+    a, b, src, pos = _inputs(b=8, n_src=2, n_pos=5)
+    a, b = a.detach(), b.detach()
+    got = contrastive_loss_reference(a, b, tau=0.5, source_ids=src, positive_ids=pos, source_weight=3.0,
+                                     symmetric=False, normalize=False, reduction="none")
+    helpers.assert_close(got, _loop_infonce(a, b, 2.0, src, pos, 3.0))
+    col = contrastive_loss_reference(a, b, tau=0.5, source_ids=src, positive_ids=pos, source_weight=3.0,
+                                     normalize=False, reduction="none")
+    helpers.assert_close(col, (got + _loop_infonce(b, a, 2.0, src, pos, 3.0)) / 2)
+
+
+def test_reference_siglip_by_definition():
+    a, b, src, pos = _inputs(b=6)
+    a, b = a.detach(), b.detach()
+    bias = torch.tensor(-2.0, dtype=torch.float64)
+    got = contrastive_loss_reference(a, b, kind="siglip", tau=0.1, logit_bias=bias, normalize=False,
+                                     source_ids=src, positive_ids=pos, source_weight=2.0)
+    z = 10.0 * a @ b.T - 2.0
+    total = 0.0
+    for i in range(6):
+        for j in range(6):
+            if i != j and pos[i] == pos[j]:
+                continue
+            w = 2.0 if i != j and src[i] == src[j] else 1.0
+            total += -w * F.logsigmoid(z[i, j] if i == j else -z[i, j])
+    helpers.assert_close(got, total / 6)
+
+
+def test_source_weight_one_and_unique_ids_are_plain_infonce():
+    a, b, _, _ = _inputs()
+    plain = contrastive_loss_reference(a, b)
+    same = contrastive_loss_reference(a, b, source_ids=torch.zeros(13, dtype=torch.long), source_weight=1.0,
+                                      positive_ids=torch.arange(13))
+    helpers.assert_close(same, plain)
+
+
+def test_reference_gradcheck():
+    a, b, src, pos = _inputs(b=6, d=4)
+    ls = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    fn = lambda a, b, ls: contrastive_loss_reference(a, b, logit_scale=ls, source_ids=src, positive_ids=pos,
+                                                     source_weight=2.0, label_smoothing=0.1)
+    assert torch.autograd.gradcheck(fn, (a, b, ls))
+
+
+# Backends vs reference ----------------------------------------------------------------------------
+
+CASES = {
+    "plain": dict(),
+    "ids": dict(source_ids=True, positive_ids=True, source_weight=4.0),
+    "ids-oneway-smooth": dict(source_ids=True, positive_ids=True, source_weight=0.5, symmetric=False,
+                              label_smoothing=0.1),
+    "src-only-scale": dict(source_ids=True, source_weight=2.0, logit_scale=2.3),
+    "siglip": dict(kind="siglip", source_ids=True, positive_ids=True, source_weight=2.0, logit_bias=-3.0,
+                   logit_scale=math.log(10.0)),
+    "siglip-oneway-none": dict(kind="siglip", symmetric=False, reduction="none", logit_bias=-1.0),
+    "none-reduction": dict(positive_ids=True, reduction="none", label_smoothing=0.2),
+    "sum-no-normalize": dict(normalize=False, reduction="sum", tau=1.0),
+}
+
+
+def _case_kwargs(case, src, pos, dtype):
+    kw = dict(CASES[case])
+    for name, ids in (("source_ids", src), ("positive_ids", pos)):
+        if kw.get(name):
+            kw[name] = ids
+    for name in ("logit_scale", "logit_bias"):
+        if name in kw:
+            kw[name] = torch.tensor(kw[name], dtype=dtype, requires_grad=True)
+    return kw
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_backend_matches_reference(backend, case):
+    if backend == "triton" and case in ("sum-no-normalize",):
+        pytest.skip("covered by the other cases under the interpreter")
+    a, b, src, pos = _inputs(b=21, d=9, dtype=torch.float32)
+    kw = _case_kwargs(case, src, pos, torch.float32)
+    params = [t for t in (kw.get("logit_scale"), kw.get("logit_bias")) if t is not None]
+
+    def run(a, b, *p, **_):
+        k = dict(kw, **{n: t for n, t in zip([n for n in ("logit_scale", "logit_bias") if n in kw], p)})
+        return contrastive_loss(a, b, backend=backend, **k)
+
+    def ref(a, b, *p, **_):
+        k = dict(kw, **{n: t for n, t in zip([n for n in ("logit_scale", "logit_bias") if n in kw], p)})
+        return contrastive_loss_reference(a, b, **k)
+
+    helpers.compare_to_reference(run, ref, [a, b, *params], dtype=torch.float32, tol_scale=10, msg=f"{backend}/{case}")
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_gradcheck_fused(backend):
+    if backend == "triton":
+        pytest.skip("triton has no float64")
+    a, b, src, pos = _inputs(b=7, d=5)
+    ls = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    fn = lambda a, b, ls: contrastive_loss(a, b, logit_scale=ls, source_ids=src, positive_ids=pos, source_weight=2.0,
+                                           label_smoothing=0.1, backend=backend)
+    assert torch.autograd.gradcheck(fn, (a, b, ls))
+    fn2 = lambda a, b, ls, bias: contrastive_loss(a, b, kind="siglip", logit_scale=ls, logit_bias=bias,
+                                                  source_ids=src, positive_ids=pos, source_weight=3.0, backend=backend)
+    assert torch.autograd.gradcheck(fn2, (a, b, ls, bias))
+
+
+def test_chunked_many_chunks(monkeypatch):
+    monkeypatch.setattr(chunked, "_TILE_ELEMENTS", 64)  # 16-row chunks over 50 rows: 4 chunks
+    a, b, src, pos = _inputs(b=50, d=6, dtype=torch.float32)
+    for kind in ("infonce", "siglip"):
+        kw = dict(source_ids=src, positive_ids=pos, source_weight=2.0, kind=kind,
+                  label_smoothing=0.1 if kind == "infonce" else 0.0)
+        helpers.compare_to_reference(lambda a, b: contrastive_loss(a, b, backend="chunked", **kw),
+                                     lambda a, b: contrastive_loss_reference(a, b, **kw), [a, b],
+                                     dtype=torch.float32, tol_scale=10, msg=kind)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_accumulate_in_float32(backend, dtype):
+    a, b, src, pos = _inputs(b=19, d=11, dtype=torch.float32)
+    kw = dict(source_ids=src, positive_ids=pos, source_weight=2.0)
+    out, _ = helpers.compare_to_reference(lambda a, b: contrastive_loss(a, b, backend=backend, **kw),
+                                          lambda a, b: contrastive_loss_reference(a, b, **kw), [a, b], dtype=dtype,
+                                          tol_scale=2, msg=str(dtype))
+    assert out[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_logits_do_not_overflow(backend):
+    a, b, src, pos = _inputs(b=9, d=5, dtype=torch.float32)
+    kw = dict(tau=1e-3, normalize=False, source_ids=src, source_weight=2.0)  # logits ~ 1e3..1e4
+    out, ref = helpers.compare_to_reference(lambda a, b: contrastive_loss(a, b, backend=backend, **kw),
+                                            lambda a, b: contrastive_loss_reference(a, b, **kw), [a, b],
+                                            dtype=torch.float32, tol_scale=100, msg="large")
+    assert torch.isfinite(out[0]) and out[0] > 100
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(1, 4), (1, 1), (3, 1), (5, 33)], ids=str)
+def test_tiny_and_odd_shapes(backend, shape):
+    a, b, src, pos = _inputs(*shape, dtype=torch.float32)
+    kw = dict(source_ids=src, source_weight=2.0)
+    helpers.compare_to_reference(lambda a, b: contrastive_loss(a, b, backend=backend, **kw),
+                                 lambda a, b: contrastive_loss_reference(a, b, **kw), [a, b],
+                                 dtype=torch.float32, tol_scale=10, msg=str(shape))
+    if shape[0] == 1:
+        assert contrastive_loss(a, b, backend=backend).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deterministic(backend):
+    a, b, src, pos = _inputs(b=17, d=8, dtype=torch.float32)
+    helpers.assert_deterministic(lambda a, b: contrastive_loss(a, b, source_ids=src, positive_ids=pos,
+                                                               source_weight=2.0, backend=backend), a, b)
+
+
+def test_logit_scale_clamped_and_gradient():
+    a, b, _, _ = _inputs(dtype=torch.float32)
+    big = torch.tensor(10.0, requires_grad=True)  # exp(10) > 100: clamped
+    loss = contrastive_loss(a, b, logit_scale=big, backend="chunked")
+    helpers.assert_close(loss, contrastive_loss_reference(a, b, tau=0.01), **helpers.tol(torch.float32, 10))
+    loss.backward()
+    assert big.grad == 0
+    small = torch.tensor(1.0, requires_grad=True)
+    contrastive_loss(a, b, logit_scale=small, backend="chunked").backward()
+    ref = torch.tensor(1.0, requires_grad=True)
+    contrastive_loss_reference(a, b, logit_scale=ref).backward()
+    assert small.grad != 0
+    helpers.assert_close(small.grad, ref.grad, **helpers.tol(torch.float32, 10))
+
+
+def test_auto_prefers_chunked_on_cpu():
+    from avfast._backend import select
+
+    a = torch.randn(4, 3)
+    assert select("contrastive_loss", a, a).name == "chunked"
+
+
+# Errors -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(b=torch.randn(5, 3)), "same shape"),
+    (dict(a=torch.randn(4)), r"\(B, D\)"),
+    (dict(source_ids=torch.zeros(3, dtype=torch.long)), r"source_ids must have shape \(4,\)"),
+    (dict(positive_ids=torch.zeros(4, 1, dtype=torch.long)), r"positive_ids must have shape"),
+    (dict(source_ids=torch.zeros(4)), "integer tensor"),
+    (dict(source_weight=0.0), "source_weight must be > 0"),
+    (dict(tau=0.0), "tau must be > 0"),
+    (dict(label_smoothing=1.0), "label_smoothing"),
+    (dict(reduction="avg"), "reduction"),
+    (dict(kind="triplet"), "kind"),
+    (dict(gather="nccl"), "gather"),
+    (dict(logit_bias=torch.tensor(0.0)), "logit_bias is for kind='siglip'"),
+    (dict(kind="siglip", label_smoothing=0.1), "label_smoothing applies"),
+    (dict(logit_scale=torch.ones(2)), "one-element"),
+    (dict(a=torch.zeros(0, 3), b=torch.zeros(0, 3)), "empty"),
+    (dict(a=torch.ones(4, 3, dtype=torch.long)), "floating point"),
+])
+def test_bad_input_raises_clear_error(kwargs, match):
+    args = dict(a=torch.randn(4, 3), b=torch.randn(4, 3))
+    args.update(kwargs)
+    a, b = args.pop("a"), args.pop("b")
+    with pytest.raises((ValueError, TypeError), match=match):
+        contrastive_loss(a, b, **args)
+
+
+def test_explicit_backend_refusal():
+    with pytest.raises(BackendError, match="ring"):
+        contrastive_loss(torch.randn(4, 3), torch.randn(4, 3), backend="torch", gather="ring")
+
+
+# Custom op and compile ----------------------------------------------------------------------------
+
+
+def test_custom_op_opcheck_and_compile():
+    a, b, src, pos = _inputs(b=10, d=6, dtype=torch.float32)
+    scale = torch.tensor(5.0, requires_grad=True)
+    bias = torch.tensor(-1.0, requires_grad=True)
+    op = torch.ops.avfast.contrastive_loss.default
+    helpers.check_custom_op(op, (a, b, scale, None, pos, pos, src, src, 0, math.log(2.0), 0.1, True, "infonce",
+                                 "chunked"))
+    helpers.check_custom_op(op, (a, b, scale, bias, pos, pos, None, None, 0, 0.0, 0.0, False, "siglip", "chunked"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "chunked"])
+def test_public_function_compiles(backend):
+    a, b, src, pos = _inputs(b=10, d=6, dtype=torch.float32)
+    helpers.check_compiles(lambda a, b: contrastive_loss(a, b, source_ids=src, positive_ids=pos, source_weight=2.0,
+                                                         backend=backend), a, b, atol=1e-5, rtol=1e-4)
+
+
+# Modules ------------------------------------------------------------------------------------------
+
+
+def test_dub_contrastive_loss_composes_terms():
+    g = torch.Generator().manual_seed(3)
+    v, ap, vs, as_ = (torch.randn(12, 8, generator=g) for _ in range(4))
+    src = torch.randint(0, 3, (12,), generator=g)
+    loss_fn = DubContrastiveLoss(lambda_v=0.5, lambda_a=0.25, source_weight=2.0)
+    total, terms = loss_fn(v, ap, vs, as_, source_ids=src, return_terms=True)
+    nce = lambda x, y: contrastive_loss_reference(x, y, source_ids=src, source_weight=2.0)
+    expected = nce(v, ap) + 0.5 * nce(vs, as_) + 0.25 * nce(ap, as_)
+    helpers.assert_close(total, expected, **helpers.tol(torch.float32, 10))
+    assert set(terms) == {"va", "va_s", "aa"}
+    helpers.assert_close(loss_fn(None, ap, None, as_, source_ids=src), 0.25 * nce(ap, as_),
+                         **helpers.tol(torch.float32, 10))          # audio-only
+    helpers.assert_close(loss_fn(v, ap), contrastive_loss_reference(v, ap), **helpers.tol(torch.float32, 10))
+    with pytest.raises(ValueError, match="no term"):
+        loss_fn(v, None)
+
+
+def test_contrastive_module_learns_scale_and_bias():
+    a, b, _, _ = _inputs(dtype=torch.float32)
+    m = ContrastiveLoss(tau=0.1, learn_scale=True, kind="siglip")
+    m(a, b).backward()
+    assert m.logit_scale.grad is not None and m.logit_bias.grad is not None
+    assert torch.allclose(m.logit_scale.detach(), torch.tensor(math.log(10.0)))
+    assert "learn_scale=True" in repr(m)
