@@ -57,7 +57,9 @@ class DataConfig:
     short_side: tuple = (256, 320)
     sample_rate: int = 48000
     mel: str = "dub"
-    options: dict = field(default_factory=dict)  # further keyword arguments for the dataset
+    dataset_variant: str | None = None  # exact avfast.data variant spec, e.g. "audio_only:monolingual"
+    on_error: str = "skip"  # a bad clip: "skip" (replaced, counted, logged) or "raise"
+    options: dict = field(default_factory=dict)  # further avfast.data.DataConfig fields (flip, reader, ...)
 
 
 @dataclass
@@ -96,6 +98,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
     progress: bool = True
+    threads: int = 0  # torch intra-op threads in the training process (0: torch's default)
 
 
 @dataclass
@@ -106,6 +109,7 @@ class EvalConfig:
     before_training: bool = True
     chunk_size: int = 4096  # queries per affinity_topk call
     backend: str = "auto"
+    probe_label: str = "shapes"  # key of the manifest's "labels" used as the probe's class
     probe_epochs: int = 200
     probe_lr: float = 0.2
 

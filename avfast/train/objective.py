@@ -25,9 +25,11 @@ from torch import nn
 
 from avfast.train.config import LossConfig
 
-__all__ = ["DubObjective", "MODEL_INPUTS"]
+__all__ = ["DubObjective", "MODEL_INPUTS", "BATCH_KEYS"]
 
-# which batch entries the model embeds, per variant
+# model argument -> batch entry (avfast.data.QuadrupleDataset's names)
+BATCH_KEYS = {"video": "video", "audio_p": "audio", "video_s": "video_s", "audio_s": "audio_s"}
+# which model arguments a variant feeds
 MODEL_INPUTS = {
     "monolingual": ("video", "audio_p", "video_s", "audio_s"),
     "bilingual": ("video", "audio_p", "video_s", "audio_s"),
@@ -40,8 +42,8 @@ MODEL_INPUTS = {
 class DubObjective(nn.Module):
     """``objective(model, batch) -> (loss, {"loss_va": ..., ...})`` for a ``DubModel`` and a variant.
 
-    ``batch`` holds ``video``/``video_s`` (B, 3, T, H, W), ``audio_p``/``audio_s`` (B, C, n_mels, F)
-    as the variant needs (see ``MODEL_INPUTS``) and optionally ``source_id`` (B,) int64.
+    ``batch`` holds ``video``/``video_s`` (B, 3, T, H, W), ``audio``/``audio_s`` (B, C, n_mels, F)
+    as the variant needs (see ``MODEL_INPUTS``, ``BATCH_KEYS``) and optionally ``source`` (B,) int64.
     """
 
     def __init__(self, loss: LossConfig, variant: str, *, distributed: bool | None = None):
@@ -60,13 +62,14 @@ class DubObjective(nn.Module):
                                        gather=loss.gather if distributed else "none", backend=loss.backend)
 
     def embed(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        missing = [k for k in self.inputs if k not in batch]
+        keys = [BATCH_KEYS[k] for k in self.inputs]
+        missing = [k for k in keys if k not in batch]
         if missing:
-            raise KeyError(f"variant {self.variant!r} needs batch entries {list(self.inputs)}; missing {missing}")
-        return model(**{k: batch[k] for k in self.inputs})
+            raise KeyError(f"variant {self.variant!r} needs batch entries {keys}; missing {missing}")
+        return model(**{k: batch[BATCH_KEYS[k]] for k in self.inputs})
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         z = self.embed(model, batch)
         total, terms = self.loss(z.get("v"), z.get("a_p"), z.get("v_s"), z.get("a_s"),
-                                 source_ids=batch.get("source_id"), return_terms=True)
+                                 source_ids=batch.get("source"), return_terms=True)
         return total, {f"loss_{name}": value.detach() for name, value in terms.items()}

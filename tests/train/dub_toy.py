@@ -24,8 +24,8 @@ def dub_model(cfg, seed: int = 0):
 def quadruples(n: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {"video": torch.randn(n, 3, 4, 32, 32, generator=g), "video_s": torch.randn(n, 3, 4, 32, 32, generator=g),
-            "audio_p": torch.randn(n, 2, 32, 40, generator=g), "audio_s": torch.randn(n, 2, 32, 40, generator=g),
-            "source_id": torch.arange(n) // 4}
+            "audio": torch.randn(n, 2, 32, 40, generator=g), "audio_s": torch.randn(n, 2, 32, 40, generator=g),
+            "source": torch.arange(n) // 4}
 
 
 def dub_source(batch_size: int = 8, rank: int = 0, world_size: int = 1, n: int = 16) -> TensorSource:
