@@ -22,7 +22,7 @@ def test_defaults_are_the_papers_settings():
     assert cfg.data.same_source_fraction == 0.125 and cfg.data.num_frames == 16 and cfg.data.crop_size == 224
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     assert cfg.name
