@@ -56,6 +56,7 @@ def _dub_ddp(rank: int, world_size: int, steps: int):
 
 
 def test_two_process_run_with_gathered_negatives_matches_one_process():
+    pytest.importorskip("avfast.ops._contrastive_dist", reason="contrastive_loss(gather='all_gather') not merged yet")
     cfg = dub_config(norm="group")
     cfg.train.max_steps = 2
     single = _trainer(cfg)
