@@ -42,7 +42,15 @@ def embed_clips(model: nn.Module, loader, device: torch.device, autocast_dtype: 
             out.setdefault("clip", []).append(batch["clip"])
     finally:
         model.train(was_training)
-    return {k: torch.cat(v) for k, v in out.items()}
+    emb = {k: torch.cat(v) for k, v in out.items()}
+    # a bad clip replaced by another (data.on_error="skip") may repeat a clip: keep its first copy
+    clip = emb["clip"]
+    first = torch.zeros_like(clip, dtype=torch.bool)
+    seen: set[int] = set()
+    for i, c in enumerate(clip.tolist()):
+        first[i] = c not in seen
+        seen.add(c)
+    return {k: v[first] for k, v in emb.items()}
 
 
 def _affinity_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int, backend: str):

@@ -280,7 +280,8 @@ class Trainer:
             self.save()
         elapsed = time.perf_counter() - start
         rate = timed_clips / timed_seconds if timed_seconds else (clips / elapsed if elapsed else 0.0)
-        return {"steps": self.step, "clips": clips, "seconds": elapsed, "clips_per_s": rate, "loss": last_loss}
+        return {"steps": self.step, "clips": clips, "seconds": elapsed, "clips_per_s": rate,
+                "loss": self._mean_over_ranks(last_loss)}
 
     def close(self) -> None:
         if self.metrics:
