@@ -287,6 +287,36 @@ def _or_empty(t):
     return t if t is not None else torch.empty(0)
 
 
+def _triton_check(x, y, k=1, compute_dtype=None, **_):
+    from avfast.kernels.affinity import MAX_TRITON_K
+
+    slots = k if compute_dtype is None else candidates_for(k, y.shape[-2])
+    if slots > MAX_TRITON_K:
+        return [f"k={k} needs {slots} slots per row > {MAX_TRITON_K} (the Triton kernel keeps them in registers)"]
+    return []
+
+
+@triton_backend("affinity_topk", priority=30, dtypes=(torch.float32, torch.float16, torch.bfloat16),
+                autograd=True, check=_triton_check,
+                description="GEMM tiles + running top-k per row, split-N partials merged by a second kernel")
+def _affinity_triton(x, y, k, metric, exclude_self, compute_dtype):
+    from avfast.kernels.affinity import topk_scores
+
+    a, b, bias = scoring_operands(x, y, metric, _triton_dtype(x.dtype, compute_dtype))
+    if compute_dtype is None:
+        return _finish(x, y, *topk_scores(a, b, bias, k, exclude_self), metric)
+    c = candidates_for(k, y.shape[1] - int(exclude_self))
+    cand = topk_scores(a, b, bias, c, exclude_self)[1]
+    return rerank(x, y, cand, k, metric)
+
+
+def _triton_dtype(dtype, compute_dtype):
+    """GEMM operand dtype: compute_dtype, else fp16/bf16 inputs stay in their dtype (fp32 accumulate)."""
+    if compute_dtype is not None:
+        return compute_dtype
+    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
 def _cuda_check(*tensors, k=1, compute_dtype=None, **_):
     reasons = [] if k <= 32 else [f"k={k} > 32 (the CUDA kernel keeps a warp-sized candidate list)"]
     if compute_dtype is not None:

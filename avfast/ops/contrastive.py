@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from avfast._backend import register_backend, select
+from avfast._backend import register_backend, select, triton_backend
 from avfast.ops import _contrastive_chunked as chunked
 from avfast.ops._contrastive_chunked import PairIds
 
@@ -175,10 +175,20 @@ def _tiled_only(*tensors, gather="none", **info):
     return ["gather='ring' passes key blocks through the chunked tile primitives"] if gather == "ring" else []
 
 
+def _triton_check(a, b, gather="none", **info):
+    reasons = _tiled_only(a, b, gather=gather)
+    if a.shape[-1] > 1024:
+        reasons.append(f"D = {a.shape[-1]} > 1024 (one tile row of D is kept in registers)")
+    return reasons
+
+
 register_backend(OP, "torch", priority=0, autograd=True, check=_tiled_only,
                  description="reference: full B x B logits, torch autograd")(_reference_directional)
 register_backend(OP, "chunked", priority=10, autograd=True,
                  description="row chunks with online log-sum-exp; backward recomputes; O(B) memory")(_fused("chunked"))
+triton_backend(OP, priority=30, autograd=True, dtypes=(torch.float16, torch.bfloat16, torch.float32),
+               check=_triton_check,
+               description="fused fwd + bwd tiles, online log-sum-exp, ids compared in-tile")(_fused("triton"))
 
 
 # Public op ----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -265,7 +266,24 @@ register_backend(OP, "torch", priority=0, autograd=True,
                   available=cpp_op("mel_spectrogram_cpu"),
                   description="fused C++: frames -> window -> real FFT -> sparse mel -> log -> masks, one pass per block of frames")
 def _mel_cpp(wave: Tensor, lengths: Tensor, masks: MelMasks, cfg: MelConfig) -> Tensor:
-    return _run_fused(torch.ops.avfast_C.mel_spectrogram_cpu, wave, lengths, masks, cfg)
+    # AVFAST_MEL_FFT=own|aten forces the block FFT (for benchmarks); default: ours for powers of two.
+    fft = {"own": 1, "aten": 2}.get(os.environ.get("AVFAST_MEL_FFT", ""), 0)
+    return torch.ops.avfast_C.mel_spectrogram_cpu(*fused_args(wave, lengths, masks, cfg), fft)
+
+
+@triton_backend(OP, priority=30, dtypes=(torch.float16, torch.float32, torch.float64),
+                description="Triton: DFT as a tiled matmul + power + mel + log in one kernel, then a per-sample finish kernel")
+def _mel_triton(wave: Tensor, lengths: Tensor, masks: MelMasks, cfg: MelConfig) -> Tensor:
+    from avfast.kernels.mel import mel_spectrogram_triton
+
+    return _run_fused(mel_spectrogram_triton, wave, lengths, masks, cfg)
+
+
+@register_backend(OP, "cuda", priority=40, devices=("cuda",), dtypes=(torch.float16, torch.float32, torch.float64),
+                  available=cuda_op("mel_spectrogram_cuda"),
+                  description="CUDA C++: shared-memory DFT tiles + mel + log, then a per-sample finish kernel")
+def _mel_cuda(wave: Tensor, lengths: Tensor, masks: MelMasks, cfg: MelConfig) -> Tensor:
+    return _run_fused(torch.ops.avfast_C.mel_spectrogram_cuda, wave, lengths, masks, cfg)
 
 
 _LOG_IDS = {"none": 0, "log": 1, "db": 2}

@@ -213,12 +213,13 @@ def test_requires_grad_dispatches_to_torch():
     assert x.grad is not None and x.grad.isfinite().all()
 
 
-def test_custom_op_opcheck_and_compile():
+@pytest.mark.parametrize("backend", ["torch"] + [b for b in FUSED if b == "triton"])
+def test_custom_op_opcheck_and_compile(backend):
     x = _wave(2, 1, 700)
     lengths = torch.tensor([700, 500])
     fm = torch.tensor([[[1, 3]], [[0, 0]]])
     tm = torch.tensor([[[2, 4]], [[1, 5]]])
-    kw = dict(_flat(SMALL["dub"]), backend="torch")
+    kw = dict(_flat(SMALL["dub"]), backend=backend)
     check_custom_op(_mel_op, (x, lengths, fm, tm), kw)
 
 
@@ -286,3 +287,31 @@ def test_unknown_preset_and_backend():
 
     with pytest.raises(BackendError):
         mel_spectrogram(torch.zeros(1, 800), "event", backend="nope")
+
+
+# GPU (run where a CUDA device is present) -------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("name", list(SMALL) + ["event_full"])
+def test_gpu_backend_matches_torch(backend, name):
+    cfg = MelConfig.preset("event") if name == "event_full" else SMALL[name]
+    cfg = dataclasses.replace(cfg, masks=True, freq_masks=2, freq_mask_max=0.3, time_masks=2, time_mask_max=0.3)
+    x = _wave(4, 2, 16000).cuda()
+    lengths = torch.tensor([16000, 9000, 12345, 4000], device="cuda")
+    xp = poison_padding(x, lengths, dim=2)
+    ref = mel_spectrogram(x.double(), cfg, lengths=lengths, generator=torch.Generator().manual_seed(5), backend="torch")
+    out = mel_spectrogram(xp, cfg, lengths=lengths, generator=torch.Generator().manual_seed(5), backend=backend)
+    assert_close(out, ref, atol=2e-3 if cfg.log != "none" else 1e-5, rtol=1e-3, msg=f"{backend} {name}")
+    assert_deterministic(lambda w: mel_spectrogram(w, cfg, lengths=lengths, generator=torch.Generator().manual_seed(5),
+                                                   backend=backend), xp, backward=False)
+
+
+@pytest.mark.gpu
+def test_gpu_auto_picks_fused_and_compiles():
+    x = _wave(2, 16000).cuda()
+    from avfast._backend import select
+
+    assert select("mel_spectrogram", x[:, None], torch.zeros(2, dtype=torch.long, device="cuda")).name in ("cuda", "triton")
+    check_compiles(lambda w: mel_spectrogram(w, "event", backend="triton"), x, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,244 @@
+// Affinity top-k on CPU: blocked GEMM (at::mm on row x column blocks) + a running top-k heap per row.
+//
+// avfast_C::affinity_topk_cpu(a (G,B,D), b (G,N,D), a_exact, b_exact, bias (G,N) or empty, k,
+//                            candidates, exclude_self) -> (values (G,B,k) float, indices (G,B,k) int64)
+// score(i, j) = a_i . b_j + bias_j. Ranking: value desc, index asc; NaN counts as -inf; with
+// exclude_self column i is skipped for row i. candidates == 0: exact search (a, b float32).
+// candidates > 0: a, b are bfloat16; the best `candidates` by the bf16 scores are re-scored in float32
+// with a_exact, b_exact (+ bias) and the best k of them returned.
+// Memory: per task a rows x cols score block and rows x cap heap entries; nothing of size B x N.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kRowsPerTask = 128;
+constexpr int64_t kColsPerBlock = 1024;
+constexpr int64_t kFilterWidth = 16;
+
+// An entry (score v, column i) packed into one integer whose order is the ranking: higher v first,
+// then lower i. Needs i < 2^32; -0.0 is folded into +0.0 and NaN into -inf by the caller.
+using Entry = uint64_t;
+
+inline uint32_t ordered_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+inline float entry_value(Entry e) {
+  const uint32_t o = static_cast<uint32_t>(e >> 32);
+  const uint32_t u = (o & 0x80000000u) ? (o & 0x7fffffffu) : ~o;
+  float v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+inline int64_t entry_index(Entry e) { return 0xffffffffu - static_cast<uint32_t>(e); }
+
+inline Entry make_entry(float v, int64_t i) {
+  v = std::isnan(v) ? -std::numeric_limits<float>::infinity() : v + 0.0f;
+  return (static_cast<uint64_t>(ordered_bits(v)) << 32) | (0xffffffffu - static_cast<uint32_t>(i));
+}
+
+// The best `cap` entries seen so far, kept lazily: entries above the threshold are appended to a
+// buffer of 2 cap; a full buffer is cut back to its best cap by nth_element (amortized O(1) per entry)
+// and the threshold rises to the worst kept value.
+struct RunningTopK {
+  Entry* e;  // 2 * cap slots
+  int64_t cap;
+  int64_t size = 0;
+  bool ready = false;  // at least cap entries kept: the threshold is meaningful
+  float thr = -std::numeric_limits<float>::infinity();
+
+  float threshold() const { return thr; }
+  bool full() const { return ready; }
+
+  void compact() {
+    std::nth_element(e, e + cap - 1, e + size, std::greater<Entry>());
+    size = cap;
+    thr = entry_value(e[cap - 1]);
+    ready = true;
+  }
+
+  // Columns arrive in ascending index order, so a later column never wins a tie against a kept one.
+  void offer(float v, int64_t i) {
+    if (ready && !(v > thr)) return;
+    e[size++] = make_entry(v, i);
+    if (size == 2 * cap) compact();
+  }
+
+  // Keeps exactly the best cap entries (unordered).
+  void finish() {
+    if (size > cap) compact();
+  }
+};
+
+inline float to_float(float v) { return v; }
+inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
+
+// The build uses no -march flag; the hot loops get AVX-512 / AVX2 clones picked at load time.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define AVFAST_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define AVFAST_CLONES
+#endif
+
+// Offers one row of a score block (columns c0 .. c0 + cols) to its heap. A vectorizable pre-filter
+// skips groups of columns whose scores all fall at or below the heap's threshold.
+template <typename T>
+inline __attribute__((always_inline)) void scan_row_impl(const T* s, const float* bias, int64_t cols, int64_t c0,
+                                                         int64_t self_col, RunningTopK& heap) {
+  int64_t j = 0;
+  for (; j < cols && !heap.full(); ++j) {
+    if (c0 + j != self_col) heap.offer(to_float(s[j]) + (bias ? bias[j] : 0.f), c0 + j);
+  }
+  for (; j + kFilterWidth <= cols; j += kFilterWidth) {
+    const float thr = heap.threshold();
+    uint32_t mask = 0;
+    if (bias) {
+      for (int64_t t = 0; t < kFilterWidth; ++t) mask |= uint32_t(to_float(s[j + t]) + bias[j + t] > thr) << t;
+    } else {
+      for (int64_t t = 0; t < kFilterWidth; ++t) mask |= uint32_t(to_float(s[j + t]) > thr) << t;
+    }
+    while (mask) {  // only the lanes above the threshold of the group's start (offer re-checks)
+      const int64_t t = j + __builtin_ctz(mask);
+      mask &= mask - 1;
+      if (c0 + t != self_col) heap.offer(to_float(s[t]) + (bias ? bias[t] : 0.f), c0 + t);
+    }
+  }
+  for (; j < cols; ++j) {
+    if (c0 + j != self_col) heap.offer(to_float(s[j]) + (bias ? bias[j] : 0.f), c0 + j);
+  }
+}
+
+AVFAST_CLONES void scan_row(const float* s, const float* bias, int64_t cols, int64_t c0, int64_t self_col,
+                            RunningTopK& heap) {
+  scan_row_impl(s, bias, cols, c0, self_col, heap);
+}
+
+AVFAST_CLONES void scan_row(const c10::BFloat16* s, const float* bias, int64_t cols, int64_t c0, int64_t self_col,
+                            RunningTopK& heap) {
+  scan_row_impl(s, bias, cols, c0, self_col, heap);
+}
+
+AVFAST_CLONES float dot(const float* x, const float* y, int64_t d) {
+  constexpr int64_t L = 16;
+  float acc[L] = {};
+  int64_t t = 0;
+  for (; t + L <= d; t += L) {
+    for (int64_t l = 0; l < L; ++l) acc[l] += x[t + l] * y[t + l];
+  }
+  float out = 0.f;
+  for (int64_t l = 0; l < L; ++l) out += acc[l];
+  for (; t < d; ++t) out += x[t] * y[t];
+  return out;
+}
+
+void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, int64_t k, int64_t candidates) {
+  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu(), "affinity_topk_cpu: tensors must be on CPU");
+  TORCH_CHECK(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.size(2) == b.size(2),
+              "affinity_topk_cpu: a (G, B, D) and b (G, N, D) expected, got ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "affinity_topk_cpu: a and b must share a dtype");
+  TORCH_CHECK(candidates > 0 ? a.scalar_type() == at::kBFloat16 : a.scalar_type() == at::kFloat,
+              "affinity_topk_cpu: float32 operands (bfloat16 with candidates > 0) expected, got ", a.scalar_type());
+  TORCH_CHECK(bias.numel() == 0 || (bias.scalar_type() == at::kFloat && bias.numel() == b.size(0) * b.size(1)),
+              "affinity_topk_cpu: bias must be empty or float32 (G, N)");
+  const int64_t cap = candidates > 0 ? candidates : k;
+  TORCH_CHECK(k >= 1 && cap >= k, "affinity_topk_cpu: need 1 <= k <= candidates, got k=", k, " candidates=", candidates);
+}
+
+std::tuple<at::Tensor, at::Tensor> affinity_topk_cpu(const at::Tensor& a_in, const at::Tensor& b_in,
+                                                     const at::Tensor& a_exact_in, const at::Tensor& b_exact_in,
+                                                     const at::Tensor& bias_in, int64_t k, int64_t candidates,
+                                                     bool exclude_self) {
+  check_inputs(a_in, b_in, bias_in, k, candidates);
+  // Called below autograd (from the custom op), yet mm_out refuses inputs that carry requires_grad.
+  const at::Tensor a = a_in.detach().contiguous(), b = b_in.detach().contiguous(), bias = bias_in.contiguous();
+  const int64_t G = a.size(0), B = a.size(1), N = b.size(1), D = a.size(2);
+  const int64_t cap = candidates > 0 ? candidates : k;
+  TORCH_CHECK(cap <= N - (exclude_self ? 1 : 0), "affinity_topk_cpu: ", cap, " entries per row requested from N=", N,
+              exclude_self ? " columns minus self" : " columns");
+  TORCH_CHECK(!exclude_self || N >= B, "affinity_topk_cpu: exclude_self needs N >= B");
+  TORCH_CHECK(N < (int64_t(1) << 32), "affinity_topk_cpu: N must be < 2^32, got ", N);
+  at::Tensor a_exact, b_exact;
+  if (candidates > 0) {
+    a_exact = a_exact_in.detach().contiguous();
+    b_exact = b_exact_in.detach().contiguous();
+    TORCH_CHECK(a_exact.scalar_type() == at::kFloat && a_exact.sizes() == a.sizes() && b_exact.sizes() == b.sizes(),
+                "affinity_topk_cpu: a_exact/b_exact must be float32 copies of a/b's shapes");
+  }
+  auto values = at::empty({G, B, k}, a.options().dtype(at::kFloat));
+  auto indices = at::empty({G, B, k}, a.options().dtype(at::kLong));
+  if (B == 0) return {values, indices};
+  const int64_t row_tasks = (B + kRowsPerTask - 1) / kRowsPerTask;
+  const float* bias_p = bias.numel() ? bias.data_ptr<float>() : nullptr;
+
+  at::parallel_for(0, G * row_tasks, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor block = at::empty({kRowsPerTask * kColsPerBlock}, a.options());
+    std::vector<Entry> entries(kRowsPerTask * 2 * cap);
+    std::vector<RunningTopK> heaps;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / row_tasks, r0 = (task % row_tasks) * kRowsPerTask, rows = std::min(kRowsPerTask, B - r0);
+      const at::Tensor a_rows = a[g].narrow(0, r0, rows);
+      heaps.clear();
+      for (int64_t r = 0; r < rows; ++r) heaps.push_back(RunningTopK{entries.data() + r * 2 * cap, cap});
+      for (int64_t c0 = 0; c0 < N; c0 += kColsPerBlock) {
+        const int64_t cols = std::min(kColsPerBlock, N - c0);
+        at::Tensor s = block.narrow(0, 0, rows * cols).view({rows, cols});
+        at::mm_out(s, a_rows, b[g].narrow(0, c0, cols).t());
+        const float* bias_c = bias_p ? bias_p + g * N + c0 : nullptr;
+        AT_DISPATCH_SWITCH(s.scalar_type(), "affinity_topk_cpu",
+          AT_DISPATCH_CASE(at::kFloat, [&] {
+            for (int64_t r = 0; r < rows; ++r)
+              scan_row(s.data_ptr<float>() + r * cols, bias_c, cols, c0, exclude_self ? r0 + r : -1, heaps[r]);
+          })
+          AT_DISPATCH_CASE(at::kBFloat16, [&] {
+            for (int64_t r = 0; r < rows; ++r)
+              scan_row(s.data_ptr<c10::BFloat16>() + r * cols, bias_c, cols, c0, exclude_self ? r0 + r : -1, heaps[r]);
+          }));
+      }
+      float* out_v = values.data_ptr<float>() + (g * B + r0) * k;
+      int64_t* out_i = indices.data_ptr<int64_t>() + (g * B + r0) * k;
+      for (int64_t r = 0; r < rows; ++r) {
+        RunningTopK& heap = heaps[r];
+        heap.finish();
+        if (candidates > 0) {  // re-score the candidates exactly, keep the best k
+          const float* ar = a_exact.data_ptr<float>() + (g * B + r0 + r) * D;
+          for (int64_t c = 0; c < heap.size; ++c) {
+            const int64_t j = entry_index(heap.e[c]);
+            if (c + 1 < heap.size) {  // the candidates' rows are scattered through b: fetch the next one early
+              const char* next = reinterpret_cast<const char*>(b_exact.data_ptr<float>() + (g * N + entry_index(heap.e[c + 1])) * D);
+              for (int64_t line = 0; line < D * 4; line += 64) __builtin_prefetch(next + line);
+            }
+            const float v = dot(ar, b_exact.data_ptr<float>() + (g * N + j) * D, D) + (bias_p ? bias_p[g * N + j] : 0.f);
+            heap.e[c] = make_entry(v, j);
+          }
+        }
+        std::partial_sort(heap.e, heap.e + k, heap.e + heap.size, std::greater<Entry>());
+        for (int64_t t = 0; t < k; ++t) {
+          out_v[r * k + t] = entry_value(heap.e[t]);
+          out_i[r * k + t] = entry_index(heap.e[t]);
+        }
+      }
+    }
+  });
+  return {values, indices};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(avfast_C, m) {
+  m.def("affinity_topk_cpu(Tensor a, Tensor b, Tensor a_exact, Tensor b_exact, Tensor bias, int k, int candidates, "
+        "bool exclude_self) -> (Tensor, Tensor)");
+  m.impl("affinity_topk_cpu", c10::DispatchKey::CPU, &affinity_topk_cpu);
+}

@@ -1,0 +1,290 @@
+"""Triton kernels of ``avfast.ops.contrastive_loss``: fused tiles with online log-sum-exp.
+
+Rows of ``x`` (M, D) against columns of ``y`` (N, D); row i's positive is column ``ROW0 + i``.
+Per (BLOCK_M x BLOCK_N) tile the logits ``z = scale * x y^T`` are computed with one ``tl.dot`` over
+the whole (padded) D, the id rules applied in-tile (same positive id off the diagonal: removed;
+same source: ``+ log_w`` for InfoNCE, weight ``exp(log_w)`` for SigLIP) and reduced on the fly:
+
+- ``_contrastive_fwd_kernel``: per row, online max / sum-exp (InfoNCE) or the sum of
+  ``softplus(-+z)`` (SigLIP); writes the row loss and (lse, valid count). The column direction of a
+  symmetric loss is the same kernel on (y, x).
+- ``_contrastive_dx_kernel``: per row block, recompute tiles, ``dz`` from both directions' lse, and
+  ``dx += dz @ y`` (plus per-block partial sums of ``dz`` for SigLIP's bias gradient).
+- ``_contrastive_dy_kernel``: per column block, ``dy += dz^T @ x``.
+
+No B x B tensor, no atomics (deterministic). D is limited to 1024 (one tile row in registers).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from avfast.kernels.utils import ensure_contiguous, interpreting, next_pow2
+
+MAX_D = 1024
+_NEG = -1.0e30  # running-max start: finite so that exp(m_old - m_new) never sees inf - inf
+
+
+@triton.jit
+def _softplus(v):
+    return tl.maximum(v, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(v)))
+
+
+@triton.jit
+def _tile(x, y, rows, cols, rmask, cmask, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr, scale, bias, src_term, ROW0,
+          HAS_POS: tl.constexpr, HAS_SRC: tl.constexpr, SIGLIP: tl.constexpr, PREC: tl.constexpr):
+    """(z, diag, keep, weight) of one tile: biased logits (-inf where not kept for InfoNCE).
+
+    ``src_term`` is log(source_weight) for InfoNCE (added to logits) and source_weight for SigLIP
+    (multiplies the pair term).
+    """
+    s = tl.dot(x, tl.trans(y), input_precision=PREC) * scale
+    valid = rmask[:, None] & cmask[None, :]
+    diag = ((rows[:, None] + ROW0) == cols[None, :]) & valid
+    keep = valid
+    if HAS_POS:
+        xp = tl.load(xpos_ptr + rows, mask=rmask, other=-1)
+        yp = tl.load(ypos_ptr + cols, mask=cmask, other=-2)
+        keep = keep & ((xp[:, None] != yp[None, :]) | diag)
+    hard = keep & (diag == 0)
+    if HAS_SRC:
+        xs = tl.load(xsrc_ptr + rows, mask=rmask, other=-1)
+        ys = tl.load(ysrc_ptr + cols, mask=cmask, other=-2)
+        hard = hard & (xs[:, None] == ys[None, :])
+    else:
+        hard = hard & (diag != diag)
+    if SIGLIP:
+        z = s + bias
+        weight = tl.where(keep, tl.where(hard, src_term, 1.0), 0.0)
+    else:
+        z = tl.where(keep, s + tl.where(hard, src_term, 0.0), float("-inf"))
+        weight = keep.to(tl.float32)
+    return z, diag, keep, weight
+
+
+@triton.jit
+def _dz(z, diag, keep, weight, g_r, lse_r, cnt_r, g_c, lse_c, cnt_c, smoothing,
+        SIGLIP: tl.constexpr, BOTH: tl.constexpr):
+    """d loss / d z of one tile from the row (and, with BOTH, column) direction."""
+    if SIGLIP:
+        dt = tl.where(diag, -tl.sigmoid(-z), tl.sigmoid(z)) * weight
+        g = g_r[:, None] + tl.zeros_like(z)
+        if BOTH:
+            g = g + g_c[None, :]
+        d = dt * g
+    else:
+        diagf = diag.to(tl.float32)
+        keepf = keep.to(tl.float32)
+        d = g_r[:, None] * (tl.exp(z - lse_r[:, None]) - (1.0 - smoothing) * diagf
+                            - (smoothing / cnt_r)[:, None] * keepf)
+        if BOTH:
+            d += g_c[None, :] * (tl.exp(z - lse_c[None, :]) - (1.0 - smoothing) * diagf
+                                 - (smoothing / cnt_c)[None, :] * keepf)
+    return tl.where(keep, d, 0.0)
+
+
+@triton.jit
+def _load_rows(ptr, idx, mask, stride, offs_d, dmask):
+    return tl.load(ptr + idx[:, None] * stride + offs_d[None, :], mask=mask[:, None] & dmask[None, :], other=0.0)
+
+
+@triton.jit
+def _load_dir(g_ptr, stats_ptr, idx, mask):
+    g = tl.load(g_ptr + idx, mask=mask, other=0.0)
+    lse = tl.load(stats_ptr + idx * 2, mask=mask, other=0.0)
+    cnt = tl.load(stats_ptr + idx * 2 + 1, mask=mask, other=1.0)
+    return g, lse, cnt
+
+
+@triton.jit
+def _contrastive_fwd_kernel(x_ptr, y_ptr, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr, scale_ptr, bias_ptr,
+                            loss_ptr, stats_ptr, M, N, D, stride_x, stride_y, ROW0, src_term, smoothing,
+                            HAS_POS: tl.constexpr, HAS_SRC: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            SIGLIP: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """loss_i = lse_j z_ij - (1 - eps) z_ii - eps mean_valid_j z_ij (InfoNCE) | sum_j softplus(-+z_ij) w_ij."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < M
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    x = _load_rows(x_ptr, rows, rmask, stride_x, offs_d, dmask)
+    scale = tl.load(scale_ptr)
+    bias = tl.load(bias_ptr) if HAS_BIAS else 0.0
+    m = tl.full((BLOCK_M,), _NEG, tl.float32)
+    l = tl.zeros((BLOCK_M,), tl.float32)
+    pos = tl.zeros((BLOCK_M,), tl.float32)
+    tot = tl.zeros((BLOCK_M,), tl.float32)
+    cnt = tl.zeros((BLOCK_M,), tl.float32)
+    for c0 in range(0, N, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        cmask = cols < N
+        y = _load_rows(y_ptr, cols, cmask, stride_y, offs_d, dmask)
+        z, diag, keep, weight = _tile(x, y, rows, cols, rmask, cmask, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr,
+                                      scale, bias, src_term, ROW0, HAS_POS, HAS_SRC, SIGLIP, PREC)
+        if SIGLIP:
+            tot += tl.sum(_softplus(tl.where(diag, -z, z)) * weight, 1)
+        else:
+            m_new = tl.maximum(m, tl.max(z, 1))
+            l = l * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), 1)
+            m = m_new
+            pos += tl.sum(tl.where(diag, z, 0.0), 1)
+            cnt += tl.sum(keep.to(tl.float32), 1)
+            tot += tl.sum(tl.where(keep, z, 0.0), 1)
+    if SIGLIP:
+        loss = tot
+        lse = tl.zeros((BLOCK_M,), tl.float32)
+    else:
+        lse = m + tl.log(tl.where(l > 0, l, 1.0))  # l = 0 only on padding rows
+        loss = lse - (1.0 - smoothing) * pos - smoothing * tot / tl.maximum(cnt, 1.0)
+    tl.store(loss_ptr + rows, loss, mask=rmask)
+    tl.store(stats_ptr + rows * 2, lse, mask=rmask)
+    tl.store(stats_ptr + rows * 2 + 1, cnt, mask=rmask)
+
+
+@triton.jit
+def _contrastive_dx_kernel(x_ptr, y_ptr, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr, scale_ptr, bias_ptr,
+                           gr_ptr, rstats_ptr, gc_ptr, cstats_ptr, dx_ptr, dbias_ptr, M, N, D, stride_x, stride_y,
+                           ROW0, src_term, smoothing, HAS_POS: tl.constexpr, HAS_SRC: tl.constexpr,
+                           HAS_BIAS: tl.constexpr, SIGLIP: tl.constexpr, BOTH: tl.constexpr, PREC: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dx_i = sum_j dz_ij y_j (unscaled); dbias[block] = sum of dz over the block's rows."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < M
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    x = _load_rows(x_ptr, rows, rmask, stride_x, offs_d, dmask)
+    scale = tl.load(scale_ptr)
+    bias = tl.load(bias_ptr) if HAS_BIAS else 0.0
+    g_r, lse_r, cnt_r = _load_dir(gr_ptr, rstats_ptr, rows, rmask)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    bsum = tl.zeros((BLOCK_M,), tl.float32)
+    for c0 in range(0, N, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        cmask = cols < N
+        y = _load_rows(y_ptr, cols, cmask, stride_y, offs_d, dmask)
+        z, diag, keep, weight = _tile(x, y, rows, cols, rmask, cmask, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr,
+                                      scale, bias, src_term, ROW0, HAS_POS, HAS_SRC, SIGLIP, PREC)
+        if BOTH:
+            g_c, lse_c, cnt_c = _load_dir(gc_ptr, cstats_ptr, cols, cmask)
+        else:
+            g_c, lse_c, cnt_c = g_r, lse_r, cnt_r
+        d = _dz(z, diag, keep, weight, g_r, lse_r, cnt_r, g_c, lse_c, cnt_c, smoothing, SIGLIP, BOTH)
+        acc += tl.dot(d.to(y.dtype), y, input_precision=PREC)
+        bsum += tl.sum(d, 1)
+    tl.store(dx_ptr + rows[:, None] * D + offs_d[None, :], acc, mask=rmask[:, None] & dmask[None, :])
+    tl.store(dbias_ptr + pid, tl.sum(bsum, 0))
+
+
+@triton.jit
+def _contrastive_dy_kernel(x_ptr, y_ptr, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr, scale_ptr, bias_ptr,
+                           gr_ptr, rstats_ptr, gc_ptr, cstats_ptr, dy_ptr, M, N, D, stride_x, stride_y,
+                           ROW0, src_term, smoothing, HAS_POS: tl.constexpr, HAS_SRC: tl.constexpr,
+                           HAS_BIAS: tl.constexpr, SIGLIP: tl.constexpr, BOTH: tl.constexpr, PREC: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dy_j = sum_i dz_ij x_i (unscaled), one program per block of columns."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    y = _load_rows(y_ptr, cols, cmask, stride_y, offs_d, dmask)
+    scale = tl.load(scale_ptr)
+    bias = tl.load(bias_ptr) if HAS_BIAS else 0.0
+    g_c = tl.zeros((BLOCK_N,), tl.float32)
+    lse_c = tl.zeros((BLOCK_N,), tl.float32)
+    cnt_c = tl.zeros((BLOCK_N,), tl.float32) + 1.0
+    if BOTH:
+        g_c, lse_c, cnt_c = _load_dir(gc_ptr, cstats_ptr, cols, cmask)
+    acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    for r0 in range(0, M, BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        rmask = rows < M
+        x = _load_rows(x_ptr, rows, rmask, stride_x, offs_d, dmask)
+        z, diag, keep, weight = _tile(x, y, rows, cols, rmask, cmask, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr,
+                                      scale, bias, src_term, ROW0, HAS_POS, HAS_SRC, SIGLIP, PREC)
+        g_r, lse_r, cnt_r = _load_dir(gr_ptr, rstats_ptr, rows, rmask)
+        d = _dz(z, diag, keep, weight, g_r, lse_r, cnt_r, g_c, lse_c, cnt_c, smoothing, SIGLIP, BOTH)
+        acc += tl.dot(tl.trans(d.to(x.dtype)), x, input_precision=PREC)
+    tl.store(dy_ptr + cols[:, None] * D + offs_d[None, :], acc, mask=cmask[:, None] & dmask[None, :])
+
+
+# Launchers ----------------------------------------------------------------------------------------
+
+
+def _settings(d: int) -> dict:
+    """Tile sizes and warps for feature size ``d`` (one config; small tiles under the interpreter)."""
+    block_d = max(16, next_pow2(d))
+    if interpreting():
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=4)
+    if block_d <= 128:
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=4, num_stages=3)
+    if block_d <= 512:
+        return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=2)
+    return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=1)
+
+
+def _common(x, y, scale, bias, ids, offset, log_w, smoothing, kind):
+    """Arguments shared by the three kernels, in their order, plus constexpr flags."""
+    x, y = ensure_contiguous(x, y)
+    dummy = scale
+    ptrs = [t if t is not None else dummy for t in (ids.x_pos, ids.y_pos, ids.x_src, ids.y_src)]
+    flags = dict(HAS_POS=ids.x_pos is not None, HAS_SRC=ids.x_src is not None, HAS_BIAS=bias is not None,
+                 SIGLIP=kind == "siglip", PREC="ieee" if x.dtype == torch.float32 else "tf32")
+    scale32 = scale.detach().reshape(1).float()
+    bias32 = bias.detach().reshape(1).float() if bias is not None else scale32
+    # SigLIP weighs same-source pairs: its kernels receive exp(log_w) in the log_w slot
+    src_term = math.exp(log_w) if kind == "siglip" else log_w
+    return x, y, ptrs, scale32, bias32, src_term, flags
+
+
+def _check(x):
+    if x.shape[1] > MAX_D:
+        raise ValueError(f"contrastive_loss triton: D = {x.shape[1]} > {MAX_D}; use backend='chunked'")
+
+
+def _forward_dir(x, y, scale, bias, ids, offset, log_w, smoothing, kind):
+    m, n, d = x.shape[0], y.shape[0], x.shape[1]
+    x, y, ptrs, s, b, src_term, flags = _common(x, y, scale, bias, ids, offset, log_w, smoothing, kind)
+    loss = torch.empty(m, device=x.device, dtype=torch.float32)
+    stats = torch.empty(m, 2, device=x.device, dtype=torch.float32)
+    cfg = _settings(d)
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]),)
+    _contrastive_fwd_kernel[grid](x, y, *ptrs, s, b, loss, stats, m, n, d, x.stride(0), y.stride(0), offset,
+                                  float(src_term), float(smoothing), **flags, **cfg)
+    return loss, stats
+
+
+def forward(x, y, scale, bias, ids, offset: int, log_w: float, smoothing: float, both: bool, kind: str):
+    """(row_loss (M,), col_loss (N,) or (0,), row_stats (M, 2), col_stats), float32."""
+    _check(x)
+    row_loss, row_stats = _forward_dir(x, y, scale, bias, ids, offset, log_w, smoothing, kind)
+    if not both:
+        return row_loss, row_loss.new_zeros(0), row_stats, row_stats.new_zeros(0, 2)
+    swapped = type(ids)(ids.y_pos, ids.x_pos, ids.y_src, ids.x_src)
+    col_loss, col_stats = _forward_dir(y, x, scale, bias, swapped, 0, log_w, smoothing, kind)
+    return row_loss, col_loss, row_stats, col_stats
+
+
+def backward(g_row, g_col, x, y, scale, bias, ids, row_stats, col_stats, offset: int, log_w: float,
+             smoothing: float, both: bool, kind: str):
+    """(grad_x, grad_y, grad_scale, grad_bias) of sum(g_row * row_loss) + sum(g_col * col_loss)."""
+    m, n, d = x.shape[0], y.shape[0], x.shape[1]
+    xc, yc, ptrs, s, b, src_term, flags = _common(x, y, scale, bias, ids, offset, log_w, smoothing, kind)
+    g_row = g_row.float().contiguous()
+    g_col = g_col.float().contiguous() if both else g_row
+    col_stats = col_stats.contiguous() if both else row_stats
+    cfg = _settings(d)
+    dx = torch.empty(m, d, device=x.device, dtype=torch.float32)
+    dy = torch.empty(n, d, device=x.device, dtype=torch.float32)
+    n_row_blocks = triton.cdiv(m, cfg["BLOCK_M"])
+    dbias = torch.empty(n_row_blocks, device=x.device, dtype=torch.float32)
+    common = (xc, yc, *ptrs, s, b, g_row, row_stats.contiguous(), g_col, col_stats)
+    scalars = (m, n, d, xc.stride(0), yc.stride(0), offset, float(src_term), float(smoothing))
+    _contrastive_dx_kernel[(n_row_blocks,)](*common, dx, dbias, *scalars, BOTH=both, **flags, **cfg)
+    _contrastive_dy_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](*common, dy, *scalars, BOTH=both, **flags, **cfg)
+    grad_scale = (dx * xc.float()).sum().to(scale.dtype)
+    sc = scale.detach().float()
+    return (dx * sc).to(x.dtype), (dy * sc).to(y.dtype), grad_scale, dbias.sum()
