@@ -1,0 +1,276 @@
+"""Run configuration: dataclasses, YAML/TOML/JSON files, ``--set a.b=c`` overrides.
+
+A file holds any subset of the sections below; missing keys keep their defaults (seed 001's
+settings). ``base: other.yaml`` (path relative to the file) inherits another file first. Unknown
+keys are errors that name the key, so a typo never silently trains the wrong thing.
+
+>>> cfg = load_config("configs/demo.yaml", ["optim.lr=1e-3", "data.batch_size=8"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Config", "ModelConfig", "DataConfig", "LossConfig", "OptimConfig", "TrainConfig", "EvalConfig",
+           "VARIANTS", "load_config", "apply_overrides", "config_to_dict", "config_from_dict", "ConfigError"]
+
+# seed 001's pretraining variants (supplementary B.3)
+VARIANTS = ("monolingual", "bilingual", "multilingual", "no_speech", "audio_only")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid (the message names the key)."""
+
+
+@dataclass
+class ModelConfig:
+    video: str | None = "x3d_m"  # None (or "none") for the audio-only variant
+    audio: str = "acoustic_resnet50"
+    shared_audio: bool = False  # one audio encoder for primary and secondary audio
+    embed_dim: int = 512
+    head_hidden: int | None = None
+    norm: str = "batch"  # "group": independent of how the batch is split across processes
+    video_kwargs: dict = field(default_factory=lambda: {"feature_dim": 1024})
+    audio_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    manifest: str | None = None
+    eval_manifest: str | None = None  # default: the training manifest, without augmentation
+    probe_manifest: str | None = None  # labelled clips for the linear probe
+    variant: str = "multilingual"
+    primary_language: str = "en"
+    secondary_languages: list = field(default_factory=list)  # empty: every other track
+    batch_size: int = 64  # per process
+    same_source_fraction: float = 0.125
+    num_workers: int = 8
+    clip_seconds: float = 3.0
+    num_frames: int = 16
+    fps: float = 25.0
+    crop_size: int = 224
+    short_side: tuple = (256, 320)
+    sample_rate: int = 48000
+    mel: str = "dub"
+    dataset_variant: str | None = None  # exact avfast.data variant spec, e.g. "audio_only:monolingual"
+    on_error: str = "skip"  # a bad clip: "skip" (replaced, counted, logged) or "raise"
+    options: dict = field(default_factory=dict)  # further avfast.data.DataConfig fields (flip, reader, ...)
+
+
+@dataclass
+class LossConfig:
+    tau: float = 0.07
+    lambda_v: float = 1.0  # weight of NCE(v_s, a_s)
+    lambda_a: float = 0.0  # weight of NCE(a_p, a_s) (cross-modal training: 0)
+    source_weight: float = 1.0  # > 1 up-weights same-source negatives; 1 = plain InfoNCE
+    gather: str = "all_gather"  # negatives across ranks: none | all_gather | ring
+    backend: str = "auto"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 5e-2
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    epochs: float = 12.0
+    warmup_epochs: float = 2.0
+    min_lr_ratio: float = 0.0
+    grad_accum: int = 1
+    clip_grad_norm: float = 0.0  # 0: no clipping
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+    compile: bool = False
+    fsdp: bool = False
+    sync_bn: bool = True  # SyncBatchNorm under DDP on GPU
+    deterministic: bool = False
+    log_every: int = 10
+    checkpoint_every: int = 0  # optimizer steps; 0: at the end of every epoch only
+    keep_checkpoints: int = 3
+    max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
+    progress: bool = True
+    threads: int = 0  # torch intra-op threads in the training process (0: torch's default)
+
+
+@dataclass
+class EvalConfig:
+    ks: tuple = (1, 5, 10)
+    batch_size: int = 32
+    max_clips: int = 0  # 0: the whole eval manifest
+    before_training: bool = True
+    chunk_size: int = 4096  # queries per affinity_topk call
+    backend: str = "auto"
+    probe_label: str = "shapes"  # key of the manifest's "labels" used as the probe's class
+    probe_epochs: int = 200
+    probe_lr: float = 0.2
+
+
+@dataclass
+class Config:
+    name: str = "dub_x3d_r50"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "Config":
+        if self.data.variant not in VARIANTS:
+            raise ConfigError(f"data.variant must be one of {VARIANTS} ({self.data.variant!r} given)")
+        if isinstance(self.model.video, str) and self.model.video.lower() == "none":
+            self.model.video = None
+        if (self.data.variant == "audio_only") != (self.model.video is None):
+            raise ConfigError("data.variant 'audio_only' goes with model.video: null, and only it "
+                              f"(variant {self.data.variant!r}, video {self.model.video!r})")
+        checks = [("optim.grad_accum", self.optim.grad_accum >= 1), ("data.batch_size", self.data.batch_size >= 1),
+                  ("loss.tau", self.loss.tau > 0), ("loss.source_weight", self.loss.source_weight > 0),
+                  ("optim.lr", self.optim.lr > 0), ("optim.epochs", self.optim.epochs > 0),
+                  ("optim.warmup_epochs", 0 <= self.optim.warmup_epochs <= self.optim.epochs)]
+        for key, ok in checks:
+            if not ok:
+                raise ConfigError(f"{key} out of range ({_get(self, key)!r})")
+        for key, value, allowed in [("train.precision", self.train.precision, ("auto", "bf16", "fp16", "fp32")),
+                                    ("loss.gather", self.loss.gather, ("none", "all_gather", "ring")),
+                                    ("model.norm", self.model.norm, ("batch", "group"))]:
+            if value not in allowed:
+                raise ConfigError(f"{key} must be one of {allowed} ({value!r} given)")
+        return self
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _read_file(path: Path) -> dict:
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:  # pragma: no cover - pyyaml is a test dependency
+            raise ConfigError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use TOML/JSON") from exc
+        data = yaml.safe_load(text) or {}
+    elif suffix == ".toml":
+        import tomllib
+
+        data = tomllib.loads(text)
+    elif suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise ConfigError(f"{path}: config files are .yaml, .yml, .toml or .json")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _merge(_read_file((path.parent / base).resolve()), data)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{key} may not be null")
+    for option in options:
+        base = typing.get_origin(option) or option
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base is tuple and isinstance(value, (list, tuple)):
+            return tuple(value)
+        if base is list and isinstance(value, (list, tuple)):
+            return list(value)
+        if base in (bool, str, dict) and isinstance(value, base):
+            return value
+    raise ConfigError(f"{key} expects {hint} ({value!r} given)")
+
+
+def _fill(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        section = prefix.rstrip(".") or "the config"
+        raise ConfigError(f"unknown key {prefix + unknown[0]!r}; known keys of {section}: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name} must be a mapping")
+            kwargs[name] = _fill(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        import yaml
+
+        return yaml.safe_load(text)
+    except ImportError:  # pragma: no cover
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=c`` strings to a nested dict (values parsed as YAML: ``1e-3``, ``[1, 2]``, ``null``)."""
+    data = json.loads(json.dumps(data))
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def config_from_dict(data: dict) -> Config:
+    """A validated ``Config`` from a nested dict (unknown keys raise ``ConfigError``)."""
+    return _fill(Config, data, "").validate()
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """The config as plain nested dicts/lists (JSON/YAML-ready)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the file at ``path`` (YAML/TOML/JSON, with ``base:`` inheritance), then overrides."""
+    data = _read_file(Path(path)) if path else {}
+    return config_from_dict(apply_overrides(data, overrides or []))
