@@ -11,7 +11,8 @@ Backends (``avfast.available_backends("cross_attention")``):
 - ``sdpa``: PyTorch's fused CPU flash-attention kernel (the ``scaled_dot_product_attention`` CPU
   path) with avfast's masks; no ``attn_bias`` gradient, no dropout.
 - ``xformers``: ``xformers.ops`` memory-efficient attention on CUDA when xformers is installed.
-- ``triton``: avfast's flash forward/backward (``avfast.kernels.attention``), CUDA.
+- ``triton``: avfast's flash forward/backward (``avfast.kernels.attention``), CUDA; auto's first
+  choice on GPUs.
 
 No C++ CPU kernel exists for this op: CPU users get ``sdpa`` (fused) or ``torch``.
 """
@@ -281,6 +282,31 @@ register_backend(OP, "xformers", priority=25, devices=("cuda",), dtypes=(torch.f
     _Impl(_xformers_forward, _xformers_backward))
 
 
+def _triton_check(q, k, v, kv_lens=None, kpm=None, bias=None, **_):
+    return [f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"] if q.shape[-1] > MAX_HEAD_DIM else []
+
+
+def _triton_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
+    from avfast.kernels import attention as kernels
+
+    return kernels.attention_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p)
+
+
+def _triton_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale, dropout_p, bias_grad):
+    from avfast.kernels import attention as kernels
+
+    dq, dk, dv, dbias = kernels.attention_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale,
+                                                   dropout_p, bias_grad)
+    return dq, dk, dv, None if dbias is None else reduce_to_shape(dbias, bias.shape).to(bias.dtype)
+
+
+triton_backend(OP, priority=30, dtypes=(torch.float16, torch.bfloat16, torch.float32), autograd=True,
+               check=_triton_check,
+               description="avfast flash forward/backward: online softmax, BLOCK_M from Lq, key splits for short "
+                           "queries, kv_lens skip tiles, GQA, bias grads, deterministic backward (no atomics)")(
+    _Impl(_triton_forward, _triton_backward))
+
+
 # ---------------------------------------------------------------------------------- custom op
 
 
@@ -291,12 +317,12 @@ def _cross_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_le
                         backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     out, lse = get_backend(OP, backend).fn.forward(q, k, v, kv_lens, key_padding_mask, attn_bias, dropout_keep,
                                                     scale, dropout_p)
-    return out, lse
+    return out.contiguous(), lse.contiguous()
 
 
 @_cross_attention_op.register_fake
 def _(q, k, v, kv_lens, key_padding_mask, attn_bias, dropout_keep, scale, dropout_p, backend):
-    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=_lse_dtype(q.dtype))
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=_lse_dtype(q.dtype))
 
 
 @torch.library.custom_op("avfast::cross_attention_backward", mutates_args=())
@@ -307,13 +333,14 @@ def _cross_attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.T
                                  bias_grad: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     dq, dk, dv, dbias = get_backend(OP, backend).fn.backward(
         dout, q, k, v, out, lse, kv_lens, key_padding_mask, attn_bias, dropout_keep, scale, dropout_p, bias_grad)
-    return dq, dk, dv, dbias if dbias is not None else q.new_empty(0)
+    dbias = dbias.contiguous() if dbias is not None else q.new_empty(0)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), dbias
 
 
 @_cross_attention_backward_op.register_fake
 def _(dout, q, k, v, out, lse, kv_lens, key_padding_mask, attn_bias, dropout_keep, scale, dropout_p, bias_grad, backend):
     dbias = attn_bias.new_empty(attn_bias.shape) if bias_grad else q.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias
 
 
 def _setup_context(ctx, inputs, output):

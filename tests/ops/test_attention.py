@@ -261,3 +261,62 @@ def test_bad_inputs_raise_clear_errors():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_triton_gpu_sizes(case, dtype):
     _compare("triton", case, dtype, bias=True)
+
+
+def _triton_kernels():
+    if "triton" not in BACKENDS:
+        pytest.skip("triton backend not runnable here")
+    from avfast.kernels import attention as kernels
+
+    return kernels
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3])
+@pytest.mark.parametrize("extras", ["lens-bias", "kpm-dropout-dead"])
+def test_triton_key_splits_match_torch_backend(splits, extras):
+    kernels = _triton_kernels()
+    case = (3, 4, 2, 7, 70, 16)
+    q, k, v, kv_lens, ab = (t.detach() if isinstance(t, torch.Tensor) else t for t in _inputs(case, bias=True))
+    kpm = keep = None
+    if extras == "kpm-dropout-dead":
+        kv_lens = torch.tensor([70, 0, 20], device=q.device)  # sample 1: no keys at all
+        kpm = torch.rand(3, 70, generator=torch.Generator().manual_seed(2)).to(q.device) < 0.2
+        keep = attn_mod._dropout_keep((3, 4, 7, 70), 0.25, torch.Generator().manual_seed(3), q.device)
+    p = 0.25 if keep is not None else 0.0
+    args = (q, k, v, kv_lens, kpm, ab, keep, 0.3, p)
+    out, lse = kernels.attention_forward(*args, splits=splits)
+    ref_out, ref_lse = attn_mod._torch_forward(*args)
+    assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    dead = ref_lse == float("-inf")
+    assert torch.equal(lse == float("-inf"), dead)
+    assert_close(lse.masked_fill(dead, 0), ref_lse.masked_fill(dead, 0), atol=1e-5, rtol=1e-5)
+    dout = torch.randn_like(out)
+    got = kernels.attention_backward(dout, q, k, v, out, lse, *args[3:], True, splits=splits)
+    want = attn_mod._torch_backward(dout, q, k, v, ref_out, ref_lse, *args[3:], True)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        assert not g.isnan().any(), name
+        assert_close(g, w, atol=2e-5, rtol=2e-5, msg=name)
+    assert_close(attn_mod.reduce_to_shape(got[3], ab.shape), want[3], atol=2e-5, rtol=2e-5, msg="dbias")
+
+
+def test_triton_plan_follows_lq_and_fills_the_gpu():
+    kernels = _triton_kernels()
+    dev = torch.device("cpu")
+    assert [kernels.plan(2, 8, lq, 196, 64, dev).block_m for lq in (1, 7, 17, 64, 300)] == [16, 16, 32, 64, 128]
+    assert kernels.plan(2, 8, 64, 196, 256, dev).block_m == 64
+    few = kernels.plan(1, 1, 1, 4096, 64, dev)  # one program: split the keys
+    assert few.splits > 1 and few.splits * few.keys_per_split >= 4096
+    assert kernels.plan(64, 8, 10, 196, 64, dev).splits == 1  # 512 programs fill any GPU
+    assert kernels.plan(1, 1, 1, 4096, 64, dev, splits=3).splits == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_inputs_module_layout(backend):
+    # (B, L, H, Dh) projections viewed as (B, H, L, Dh), as the nn module passes them
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 7, 4, 16, generator=g).to(DEVICE).transpose(1, 2).requires_grad_()
+    k = torch.randn(2, 33, 2, 16, generator=g).to(DEVICE).transpose(1, 2).requires_grad_()
+    v = torch.randn(2, 33, 2, 16, generator=g).to(DEVICE).transpose(1, 2).requires_grad_()
+    lens = torch.tensor([33, 9], device=DEVICE)
+    compare_to_reference(lambda q, k, v: cross_attention(q, k, v, kv_lens=lens, backend=backend),
+                         lambda q, k, v: cross_attention_reference(q, k, v, kv_lens=lens)[0], (q, k, v), msg=backend)
