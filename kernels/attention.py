@@ -14,7 +14,7 @@ Backward (FlashAttention-2 style, no atomics, so bitwise deterministic):
 
 - ``_attn_bwd_dkdv_kernel``, per (key block, batch * kv head): loops over the group's query heads
   and query blocks; ``p = exp(s - lse)``, ``dv += p_drop^T do``, ``ds = p (dp_drop - delta)``,
-  ``dk += ds^T q * scale`` with ``delta = rowsum(do * out)``.
+  ``dk += ds^T q * scale`` with ``delta = rowsum(do * out)`` computed in-tile (no extra launch).
 - ``_attn_bwd_dq_kernel``, per (query block, batch * head, key split): ``dq += ds k * scale``,
   and ``dbias = ds`` stored per element when the bias needs a gradient (reduced over its broadcast
   dimensions afterwards). Split partials of dq are summed in a fixed order.
@@ -84,6 +84,14 @@ def _load_q_tile(X, b, h, offs_m, offs_d, Lq, Dh, sxb, sxh, sxm):
 
 
 @triton.jit
+def _row_delta(do, O, bh, offs_m, offs_d, Lq, Dh):
+    """delta = rowsum(do * out) (BLOCK_M,) in fp32; out is contiguous (B, Hq, Lq, Dh)."""
+    mask = (offs_m[:, None] < Lq) & (offs_d[None, :] < Dh)
+    o = tl.load(O + (bh * Lq + offs_m[:, None]) * Dh + offs_d[None, :], mask=mask, other=0.0)
+    return tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+
+
+@triton.jit
 def _attn_fwd_kernel(Q, K, V, Bias, KPM, Lens, Keep, Out, LSE,
                      sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbb, sbh, sbm, sbn,
                      Hq, G, Lq, Lk, Dh, keys_per_split, scale, drop_scale, out_split_stride, lse_split_stride,
@@ -122,7 +130,7 @@ def _attn_fwd_kernel(Q, K, V, Bias, KPM, Lens, Keep, Out, LSE,
 
 
 @triton.jit
-def _attn_bwd_dkdv_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, LSE, Delta, DK, DV,
+def _attn_bwd_dkdv_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, O, LSE, DK, DV,
                           sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbb, sbh, sbm, sbn, sdb, sdh, sdm,
                           Hq, Hkv, G, Lq, Lk, Dh, scale, drop_scale,
                           HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
@@ -146,7 +154,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, LSE, Delta, DK, DV
                 do = _load_q_tile(DO, b, h, offs_m, offs_d, Lq, Dh, sdb, sdh, sdm)
                 lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=float("inf"))
                 lse = tl.where(lse == float("-inf"), float("inf"), lse)
-                delta = tl.load(Delta + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0)
+                delta = _row_delta(do, O, bh, offs_m, offs_d, Lq, Dh)
                 s = _scores(q, k, valid, Bias, b, h, offs_m, offs_n, Lq, sbb, sbh, sbm, sbn, scale, HAS_BIAS, PREC)
                 p = tl.exp(s - lse[:, None])
                 p_drop = _dropped(p, Keep, bh, offs_m, offs_n, Lq, Lk, drop_scale, HAS_DROPOUT)
@@ -162,7 +170,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, LSE, Delta, DK, DV
 
 
 @triton.jit
-def _attn_bwd_dq_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, LSE, Delta, DQ, DBias,
+def _attn_bwd_dq_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, O, LSE, DQ, DBias,
                         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbb, sbh, sbm, sbn, sdb, sdh, sdm,
                         Hq, G, Lq, Lk, Dh, keys_per_split, scale, drop_scale, dq_split_stride,
                         HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
@@ -177,7 +185,7 @@ def _attn_bwd_dq_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, LSE, Delta, DQ, DBia
     do = _load_q_tile(DO, b, h, offs_m, offs_d, Lq, Dh, sdb, sdh, sdm)
     lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=float("inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse)
-    delta = tl.load(Delta + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0)
+    delta = _row_delta(do, O, bh, offs_m, offs_d, Lq, Dh)
     start, end = _key_range(Lens, b, split, keys_per_split, Lk, HAS_LENS)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     for n0 in range(start, end, BLOCK_N):
@@ -301,19 +309,18 @@ def attention_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale:
     hkv, lk = k.shape[1], k.shape[2]
     pl = plan(b, hq, lq, lk, dh, q.device, splits)
     tensors, strides, flags, drop_scale = _shared(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p)
-    delta = (dout.float() * out.float()).sum(-1).contiguous()
-    lse = lse.contiguous()
+    out, lse = out.contiguous(), lse.contiguous()
     dk, dv = torch.empty(b, hkv, lk, dh, dtype=k.dtype, device=q.device), torch.empty(b, hkv, lk, dh, dtype=v.dtype,
                                                                                         device=q.device)
     common = (*strides, *_strides(dout))
     _attn_bwd_dkdv_kernel[(triton.cdiv(lk, pl.block_n), b * hkv)](
-        *tensors, dout, lse, delta, dk, dv, *common, hq, hkv, hq // hkv, lq, lk, dh, scale, drop_scale, **flags,
+        *tensors, dout, out, lse, dk, dv, *common, hq, hkv, hq // hkv, lq, lk, dh, scale, drop_scale, **flags,
         BLOCK_M=pl.block_m, BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.num_warps)
     dq_dtype = q.dtype if pl.splits == 1 else torch.float32
     dq = torch.empty(pl.splits, b, hq, lq, dh, dtype=dq_dtype, device=q.device)
     dbias = torch.zeros(b, hq, lq, lk, dtype=torch.float32, device=q.device) if bias_grad else None
     _attn_bwd_dq_kernel[(triton.cdiv(lq, pl.block_m), b * hq, pl.splits)](
-        *tensors, dout, lse, delta, dq, dbias, *common, hq, hq // hkv, lq, lk, dh, pl.keys_per_split, scale,
+        *tensors, dout, out, lse, dq, dbias, *common, hq, hq // hkv, lq, lk, dh, pl.keys_per_split, scale,
         drop_scale, b * hq * lq * dh, **flags, BIAS_GRAD=bias_grad, BLOCK_M=pl.block_m, BLOCK_N=pl.block_n,
         BLOCK_D=pl.block_d, num_warps=pl.num_warps)
     dq = dq[0] if pl.splits == 1 else dq.sum(0).to(q.dtype)
