@@ -188,17 +188,23 @@ def _dense_mask(q, k, kv_lens, kpm, bias):
         mask = mask + torch.zeros(pad.shape, dtype=q.dtype, device=q.device).masked_fill(pad, float("-inf"))[:, None, None]
     mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
     dead = (mask == float("-inf")).all(-1, keepdim=True)
-    return mask, dead, pad
+    return mask, dead if dead.any() else None, pad
 
 
 def _zero_padding(x, pad):
     return x if pad is None else x.masked_fill(pad[:, None, :, None], 0)
 
 
+def _expand_heads(x, pad, groups: int):
+    """(B, Hkv, Lk, Dh) with padding zeroed, repeated to (B, Hkv * groups, Lk, Dh) for kernels without GQA."""
+    x = _zero_padding(x, pad)
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
 def _sdpa_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
     mask, dead, pad = _dense_mask(q, k, kv_lens, kpm, bias)
     g = q.shape[1] // k.shape[1]
-    k, v = (_zero_padding(t, pad).repeat_interleave(g, dim=1) for t in (k, v))
+    k, v = (_expand_heads(t, pad, g) for t in (k, v))
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask, scale=scale)
     if dead is not None:
         out = out.masked_fill(dead, 0)
@@ -209,7 +215,7 @@ def _sdpa_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
 def _sdpa_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale, dropout_p, bias_grad):
     mask, dead, pad = _dense_mask(q, k, kv_lens, kpm, bias)
     hkv, g = k.shape[1], q.shape[1] // k.shape[1]
-    kr, vr = (_zero_padding(t, pad).repeat_interleave(g, dim=1) for t in (k, v))
+    kr, vr = (_expand_heads(t, pad, g) for t in (k, v))
     if dead is not None:
         dout = dout.masked_fill(dead, 0)
     lse = lse.masked_fill(lse == float("-inf"), 0)
@@ -243,7 +249,7 @@ def _xformers_bias(q, k, kv_lens, kpm, bias):
         return None, None, None
     b, hq, lq, lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     store = torch.empty(b, hq, lq, (lk + 15) // 16 * 16, dtype=q.dtype, device=q.device)[..., :lk]
-    store.copy_(mask.expand(b, hq, lq, lk).masked_fill(dead, 0))
+    store.copy_(mask.expand(b, hq, lq, lk) if dead is None else mask.expand(b, hq, lq, lk).masked_fill(dead, 0))
     return store, dead, pad
 
 
@@ -252,7 +258,7 @@ def _xformers_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
 
     mask, dead, pad = _xformers_bias(q, k, kv_lens, kpm, bias)
     g = q.shape[1] // k.shape[1]
-    k, v = (_zero_padding(t, pad).repeat_interleave(g, dim=1).transpose(1, 2) for t in (k, v))
+    k, v = (_expand_heads(t, pad, g).transpose(1, 2) for t in (k, v))
     out, lse = xops.memory_efficient_attention_forward_requires_grad(q.transpose(1, 2), k, v, attn_bias=mask, scale=scale)
     out, lse = out.transpose(1, 2), lse[..., : q.shape[2]].float()
     if dead is not None:
@@ -265,10 +271,11 @@ def _xformers_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale,
 
     mask, dead, pad = _xformers_bias(q, k, kv_lens, kpm, bias)
     hkv, g = k.shape[1], q.shape[1] // k.shape[1]
-    kr, vr = (_zero_padding(t, pad).repeat_interleave(g, dim=1).transpose(1, 2) for t in (k, v))
+    kr, vr = (_expand_heads(t, pad, g).transpose(1, 2) for t in (k, v))
     if dead is not None:
         dout = dout.masked_fill(dead, 0)
-    lse = lse.masked_fill(lse == float("-inf"), 0)
+    # dead rows attended everything in the forward (mask row 0): a huge lse makes their p = 0
+    lse = lse.masked_fill(lse == float("-inf"), 1e30)
     dq, dk, dv = xops.memory_efficient_attention_backward(
         dout.transpose(1, 2), out.transpose(1, 2), lse, q.transpose(1, 2), kr, vr, attn_bias=mask, scale=scale)
     dq, dk, dv = (d.transpose(1, 2) for d in (dq, dk, dv))
