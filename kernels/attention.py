@@ -24,6 +24,7 @@ Masked keys are never loaded (masked loads), so padding may hold NaN.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import triton
@@ -221,6 +222,7 @@ class Plan:
     num_warps: int
 
 
+@functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
