@@ -85,6 +85,21 @@ def _load_q_tile(X, b, h, offs_m, offs_d, Lq, Dh, sxb, sxh, sxm):
 
 
 @triton.jit
+def _query_program(Hq, G, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's (batch * head, batch, head, kv head, key split, query offsets, dim offsets)."""
+    pid_m, bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    h = bh % Hq
+    return bh, bh // Hq, h, h // G, split, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D)
+
+
+@triton.jit
+def _load_lse(LSE, bh, offs_m, Lq):
+    """lse (BLOCK_M,) for the backward: +inf on all-masked rows and past Lq, so exp(s - lse) = 0."""
+    lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=float("inf"))
+    return tl.where(lse == float("-inf"), float("inf"), lse)
+
+
+@triton.jit
 def _row_delta(do, O, bh, offs_m, offs_d, Lq, Dh):
     """delta = rowsum(do * out) (BLOCK_M,) in fp32; out is contiguous (B, Hq, Lq, Dh)."""
     mask = (offs_m[:, None] < Lq) & (offs_d[None, :] < Dh)
@@ -99,11 +114,7 @@ def _attn_fwd_kernel(Q, K, V, Bias, KPM, Lens, Keep, Out, LSE,
                      HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
                      HAS_DROPOUT: tl.constexpr, PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_m, bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    b, h = bh // Hq, bh % Hq
-    hk = h // G
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    bh, b, h, hk, split, offs_m, offs_d = _query_program(Hq, G, BLOCK_M, BLOCK_D)
     q = _load_q_tile(Q, b, h, offs_m, offs_d, Lq, Dh, sqb, sqh, sqm)
     start, end = _key_range(Lens, b, split, keys_per_split, Lk, HAS_LENS)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
@@ -153,8 +164,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, O, LSE, DK, DV,
                 offs_m = m0 + tl.arange(0, BLOCK_M)
                 q = _load_q_tile(Q, b, h, offs_m, offs_d, Lq, Dh, sqb, sqh, sqm)
                 do = _load_q_tile(DO, b, h, offs_m, offs_d, Lq, Dh, sdb, sdh, sdm)
-                lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=float("inf"))
-                lse = tl.where(lse == float("-inf"), float("inf"), lse)
+                lse = _load_lse(LSE, bh, offs_m, Lq)
                 delta = _row_delta(do, O, bh, offs_m, offs_d, Lq, Dh)
                 s = _scores(q, k, valid, Bias, b, h, offs_m, offs_n, Lq, sbb, sbh, sbm, sbn, scale, HAS_BIAS, PREC)
                 p = tl.exp(s - lse[:, None])
@@ -177,15 +187,10 @@ def _attn_bwd_dq_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, O, LSE, DQ, DBias,
                         HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
                         HAS_DROPOUT: tl.constexpr, BIAS_GRAD: tl.constexpr, PREC: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_m, bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    b, h = bh // Hq, bh % Hq
-    hk = h // G
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    bh, b, h, hk, split, offs_m, offs_d = _query_program(Hq, G, BLOCK_M, BLOCK_D)
     q = _load_q_tile(Q, b, h, offs_m, offs_d, Lq, Dh, sqb, sqh, sqm)
     do = _load_q_tile(DO, b, h, offs_m, offs_d, Lq, Dh, sdb, sdh, sdm)
-    lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    lse = _load_lse(LSE, bh, offs_m, Lq)
     delta = _row_delta(do, O, bh, offs_m, offs_d, Lq, Dh)
     start, end = _key_range(Lens, b, split, keys_per_split, Lk, HAS_LENS)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
