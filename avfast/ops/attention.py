@@ -13,6 +13,8 @@ Backends (``avfast.available_backends("cross_attention")``):
 - ``xformers``: ``xformers.ops`` memory-efficient attention on CUDA when xformers is installed.
 - ``triton``: avfast's flash forward/backward (``avfast.kernels.attention``), CUDA; auto's first
   choice on GPUs.
+- ``cuda``: a plain-CUDA forward for decode-like short queries (``csrc/cuda/attention.cu``),
+  inference only, built with the CUDA extension.
 
 No C++ CPU kernel exists for this op: CPU users get ``sdpa`` (fused) or ``torch``.
 """
@@ -25,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from avfast._backend import get_backend, register_backend, select, triton_backend
+from avfast._backend import cuda_op, get_backend, register_backend, select, triton_backend
 
 __all__ = ["cross_attention", "cross_attention_reference"]
 
@@ -233,12 +235,12 @@ register_backend(OP, "sdpa", priority=20, devices=("cpu",), autograd=True, check
 
 @functools.lru_cache(maxsize=None)
 def _xformers_missing() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA device (xformers runs on CUDA only)"
     try:
         import xformers.ops  # noqa: F401
     except ImportError:
         return "xformers not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA device (xformers runs on CUDA only)"
     return None
 
 
@@ -312,6 +314,21 @@ triton_backend(OP, priority=30, dtypes=(torch.float16, torch.bfloat16, torch.flo
                description="avfast flash forward/backward: online softmax, BLOCK_M from Lq, key splits for short "
                            "queries, kv_lens skip tiles, GQA, bias grads, deterministic backward (no atomics)")(
     _Impl(_triton_forward, _triton_backward))
+
+
+def _cuda_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
+    return torch.ops.avfast_C.cross_attention_fwd_cuda(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p)
+
+
+def _cuda_backward(*_):
+    raise NotImplementedError("the cuda cross_attention backend is forward-only; train with backend='triton'")
+
+
+register_backend(OP, "cuda", priority=10, devices=("cuda",), dtypes=(torch.float16, torch.bfloat16, torch.float32),
+                 autograd=False, available=cuda_op("cross_attention_fwd_cuda"), check=_triton_check,
+                 description="hand-written CUDA forward (csrc/cuda/attention.cu): one block per query row, warps "
+                             "over key splits, no tensor cores; inference only, below triton in auto")(
+    _Impl(_cuda_forward, _cuda_backward))
 
 
 # ---------------------------------------------------------------------------------- custom op

@@ -320,3 +320,20 @@ def test_strided_inputs_module_layout(backend):
     lens = torch.tensor([33, 9], device=DEVICE)
     compare_to_reference(lambda q, k, v: cross_attention(q, k, v, kv_lens=lens, backend=backend),
                          lambda q, k, v: cross_attention_reference(q, k, v, kv_lens=lens)[0], (q, k, v), msg=backend)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", [(2, 4, 2, 1, 1000, 64), (3, 8, 8, 7, 196, 256), (64, 8, 8, 10, 196, 64)], ids=_case_id)
+def test_cuda_forward_gpu(case, dtype):
+    if "cuda" not in avfast.available_backends(OP):
+        pytest.skip("avfast._C built without the CUDA kernels")
+    q, k, v, kv_lens, ab = (t.detach() if isinstance(t, torch.Tensor) else t for t in _inputs(case, dtype, bias=True))
+    kpm = torch.rand(case[0], case[4], device=q.device) < 0.1
+    keep = attn_mod._dropout_keep((case[0], case[1], case[3], case[4]), 0.2, None, q.device)
+    out, lse = attn_mod._cuda_forward(q, k, v, kv_lens, kpm, ab, keep, 0.125, 0.2)
+    ref, ref_lse = attn_mod._torch_forward(q, k, v, kv_lens, kpm, ab, keep, 0.125, 0.2)
+    assert_close(out, ref, **tol(dtype, HALF_SCALE[dtype]))
+    with torch.no_grad():
+        assert_close(cross_attention(q, k, v, kv_lens=kv_lens, backend="cuda"),
+                     cross_attention_reference(q, k, v, kv_lens=kv_lens)[0], **tol(dtype, HALF_SCALE[dtype]))
