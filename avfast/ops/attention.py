@@ -464,7 +464,8 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, kv_len
 
     Returns:
         (B, Hq, Lq, Dh) in q's dtype, or ``(out, weights)`` with ``return_weights``. Rows whose keys
-        are all masked give zeros, with zero gradients.
+        are all masked give zeros, with zero gradients. Under ``torch.autocast`` q, k, v are cast to
+        the autocast dtype first (as SDPA); ``attn_bias`` keeps its dtype.
 
     Equivalent to::
 
@@ -473,6 +474,9 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, kv_len
         s = s.masked_fill(padding[:, None, None, :], -inf)        # padding from kv_lens | key_padding_mask
         out = torch.softmax(s, -1).nan_to_num(0) @ v             # all-masked rows -> 0
     """
+    if isinstance(q, torch.Tensor) and torch.is_autocast_enabled(q.device.type):
+        low = torch.get_autocast_dtype(q.device.type)  # like SDPA: attention runs in autocast's dtype
+        q, k, v = (t.to(low) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in (q, k, v))
     _validate(q, k, v, kv_lens, key_padding_mask, attn_bias, dropout_p)
     b, hq, lq, dh = q.shape
     scale = float(dh ** -0.5 if scale is None else scale)

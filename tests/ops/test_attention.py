@@ -230,6 +230,15 @@ def test_compiles_fullgraph():
     check_compiles(lambda q, k, v, b: cross_attention(q, k, v, kv_lens=kv_lens, attn_bias=b), q, k, v, ab)
 
 
+def test_autocast_runs_in_low_precision():
+    q, k, v, kv_lens, ab = _inputs((2, 2, 1, 3, 5, 8), device="cpu", bias=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cross_attention(q, k.double(), v, kv_lens=kv_lens, attn_bias=ab)
+    assert out.dtype == torch.bfloat16
+    ref = cross_attention_reference(*(t.to(torch.bfloat16).double() for t in (q, k, v)), kv_lens=kv_lens, attn_bias=ab)[0]
+    assert_close(out, ref, **tol(torch.bfloat16, 2))
+
+
 def test_bad_inputs_raise_clear_errors():
     q = torch.randn(2, 4, 3, 8)
     k = v = torch.randn(2, 2, 5, 8)
