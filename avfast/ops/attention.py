@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Callable
 
 import torch
@@ -108,6 +107,11 @@ def _grouped(x: torch.Tensor, hkv: int) -> torch.Tensor:
     return x.unflatten(1, (hkv, x.shape[1] // hkv))
 
 
+def _zero_padding(x, pad):
+    """(B, H, Lk, Dh) with the padding keys set to 0 (so NaN there cannot reach a matmul)."""
+    return x if pad is None else x.masked_fill(pad[:, None, :, None], 0)
+
+
 def _torch_probs(q, k, kv_lens, kpm, bias, scale, lse=None):
     """Probabilities (B, Hq, Lq, Lk) and lse (B, Hq, Lq) in the compute dtype; k padding zeroed.
 
@@ -116,7 +120,7 @@ def _torch_probs(q, k, kv_lens, kpm, bias, scale, lse=None):
     ct = _lse_dtype(q.dtype)
     hkv, lk = k.shape[1], k.shape[2]
     pad = key_padding(kv_lens, kpm, lk)
-    k = k.to(ct) if pad is None else k.to(ct).masked_fill(pad[:, None, :, None], 0)
+    k = _zero_padding(k.to(ct), pad)
     s = (_grouped(q.to(ct), hkv) @ k[:, :, None].transpose(-1, -2)).flatten(1, 2) * scale
     if bias is not None:
         s = s + bias.to(ct)
@@ -134,8 +138,7 @@ def _dropped(p, keep, dropout_p):
 
 def _torch_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
     p, lse, _ = _torch_probs(q, k, kv_lens, kpm, bias, scale)
-    pad = key_padding(kv_lens, kpm, k.shape[2])
-    v = v.to(p.dtype) if pad is None else v.to(p.dtype).masked_fill(pad[:, None, :, None], 0)
+    v = _zero_padding(v.to(p.dtype), key_padding(kv_lens, kpm, k.shape[2]))
     out = _grouped(_dropped(p, keep, dropout_p), k.shape[1]) @ v[:, :, None]
     return out.flatten(1, 2).to(q.dtype), lse
 
@@ -144,8 +147,7 @@ def _torch_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale, dr
     hkv = k.shape[1]
     p, _, kz = _torch_probs(q, k, kv_lens, kpm, bias, scale, lse=lse)
     ct = p.dtype
-    pad = key_padding(kv_lens, kpm, k.shape[2])
-    vz = v.to(ct) if pad is None else v.to(ct).masked_fill(pad[:, None, :, None], 0)
+    vz = _zero_padding(v.to(ct), key_padding(kv_lens, kpm, k.shape[2]))
     do = dout.to(ct)
     dv = (_grouped(_dropped(p, keep, dropout_p), hkv).transpose(-1, -2) @ _grouped(do, hkv)).sum(2)
     dp = _dropped(_grouped(do, hkv) @ vz[:, :, None].transpose(-1, -2), None if keep is None else _grouped(keep, hkv),
@@ -178,8 +180,8 @@ def _no_dropout_no_bias_grad(name: str):
 
 
 def _dense_mask(q, k, kv_lens, kpm, bias):
-    """Additive float mask (bias + -inf at padding) in q's dtype, its dead rows (B|1, H|1, Lq, 1)
-    and k/v padding zeroed, for the fused kernels that take one dense bias; (None, None, pad)."""
+    """(additive float mask (bias + -inf at padding) in q's dtype, dead rows (B|1, H|1, Lq, 1) or
+    None, padding (B, Lk) or None) for the fused kernels that take one dense bias."""
     pad = key_padding(kv_lens, kpm, k.shape[2])
     if pad is None and bias is None:
         return None, None, None
@@ -193,20 +195,40 @@ def _dense_mask(q, k, kv_lens, kpm, bias):
     return mask, dead if dead.any() else None, pad
 
 
-def _zero_padding(x, pad):
-    return x if pad is None else x.masked_fill(pad[:, None, :, None], 0)
-
-
 def _expand_heads(x, pad, groups: int):
     """(B, Hkv, Lk, Dh) with padding zeroed, repeated to (B, Hkv * groups, Lk, Dh) for kernels without GQA."""
     x = _zero_padding(x, pad)
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
-def _sdpa_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
+def _finite_padding(x, pad):
+    """x, or a copy with its padding keys zeroed when they hold NaN/inf (one read, no copy otherwise)."""
+    if pad is None:
+        return x
+    # 1 * NaN, 0 * NaN and 1 * inf all stay non-finite: one batched GEMV finds them
+    probe = pad.to(x.dtype)[:, None, None, :] @ x
+    if bool(torch.isfinite(probe).all()):
+        return x
+    return _zero_padding(x, pad)
+
+
+def _sdpa_inputs(q, k, v, kv_lens, kpm, bias):
+    """Keys cut at max(kv_lens) (never read past it), mask, dead rows, padding; k/v safe and repeated."""
+    if kv_lens is not None:
+        n = max(1, min(k.shape[2], int(kv_lens.max())))
+        k, v = k[:, :, :n], v[:, :, :n]
+        kpm = None if kpm is None else kpm[:, :n]
+        bias = None if bias is None or bias.shape[-1] == 1 else bias[..., :n]
     mask, dead, pad = _dense_mask(q, k, kv_lens, kpm, bias)
     g = q.shape[1] // k.shape[1]
-    k, v = (_expand_heads(t, pad, g) for t in (k, v))
+    k, v = (_finite_padding(t, pad) for t in (k, v))
+    if g > 1:
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    return k, v, mask, dead
+
+
+def _sdpa_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
+    k, v, mask, dead = _sdpa_inputs(q, k, v, kv_lens, kpm, bias)
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask, scale=scale)
     if dead is not None:
         out = out.masked_fill(dead, 0)
@@ -215,16 +237,18 @@ def _sdpa_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
 
 
 def _sdpa_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale, dropout_p, bias_grad):
-    mask, dead, pad = _dense_mask(q, k, kv_lens, kpm, bias)
-    hkv, g = k.shape[1], q.shape[1] // k.shape[1]
-    kr, vr = (_expand_heads(t, pad, g) for t in (k, v))
+    hkv, lk = k.shape[1], k.shape[2]
+    kr, vr, mask, dead = _sdpa_inputs(q, k, v, kv_lens, kpm, bias)
     if dead is not None:
         dout = dout.masked_fill(dead, 0)
     lse = lse.masked_fill(lse == float("-inf"), 0)
     dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
         dout.contiguous(), q, kr, vr, out, lse, 0.0, False, attn_mask=mask, scale=scale)
+    g = q.shape[1] // hkv
     dk, dv = (_grouped(d, hkv).sum(2) if g > 1 else d for d in (dk, dv))
-    return dq, _zero_padding(dk, pad), _zero_padding(dv, pad), None
+    if dk.shape[2] < lk:  # keys past max(kv_lens) get zero gradients
+        dk, dv = (torch.nn.functional.pad(d, (0, 0, 0, lk - d.shape[2])) for d in (dk, dv))
+    return dq, dk, dv, None
 
 
 register_backend(OP, "sdpa", priority=20, devices=("cpu",), autograd=True, check=_no_dropout_no_bias_grad("sdpa"),
