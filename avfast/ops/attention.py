@@ -112,6 +112,25 @@ def _zero_padding(x, pad):
     return x if pad is None else x.masked_fill(pad[:, None, :, None], 0)
 
 
+def _cut_keys(k, v, kv_lens, kpm, bias, keep):
+    """Keys and their masks cut at max(kv_lens), on CPU only (finding the max syncs a GPU)."""
+    if kv_lens is None or k.device.type != "cpu":
+        return k, v, kpm, bias, keep
+    n = max(1, min(k.shape[2], int(kv_lens.max())))
+    if n == k.shape[2]:
+        return k, v, kpm, bias, keep
+    cut = lambda t: t if t is None or t.shape[-1] == 1 else t[..., :n]  # noqa: E731
+    return k[:, :, :n], v[:, :, :n], cut(kpm), cut(bias), cut(keep)
+
+
+def _pad_keys(x: torch.Tensor, lk: int, dim: int) -> torch.Tensor:
+    """Gradient of keys cut by ``_cut_keys``, zero-padded back to ``lk`` along ``dim``."""
+    if x.shape[dim] == lk:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, lk - x.shape[dim]]
+    return torch.nn.functional.pad(x, pad)
+
+
 def _torch_probs(q, k, kv_lens, kpm, bias, scale, lse=None):
     """Probabilities (B, Hq, Lq, Lk) and lse (B, Hq, Lq) in the compute dtype; k padding zeroed.
 
@@ -137,6 +156,7 @@ def _dropped(p, keep, dropout_p):
 
 
 def _torch_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
+    k, v, kpm, bias, keep = _cut_keys(k, v, kv_lens, kpm, bias, keep)
     p, lse, _ = _torch_probs(q, k, kv_lens, kpm, bias, scale)
     v = _zero_padding(v.to(p.dtype), key_padding(kv_lens, kpm, k.shape[2]))
     out = _grouped(_dropped(p, keep, dropout_p), k.shape[1]) @ v[:, :, None]
@@ -144,7 +164,9 @@ def _torch_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
 
 
 def _torch_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale, dropout_p, bias_grad):
-    hkv = k.shape[1]
+    hkv, lk = k.shape[1], k.shape[2]
+    bias_lk = None if bias is None else bias.shape[-1]
+    k, v, kpm, bias, keep = _cut_keys(k, v, kv_lens, kpm, bias, keep)
     p, _, kz = _torch_probs(q, k, kv_lens, kpm, bias, scale, lse=lse)
     ct = p.dtype
     vz = _zero_padding(v.to(ct), key_padding(kv_lens, kpm, k.shape[2]))
@@ -157,7 +179,9 @@ def _torch_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale, dr
     dq = (_grouped(ds, hkv) @ kz[:, :, None]).flatten(1, 2) * scale
     dk = (_grouped(ds, hkv).transpose(-1, -2) @ _grouped(q.to(ct), hkv)).sum(2) * scale
     dbias = reduce_to_shape(ds, bias.shape).to(bias.dtype) if bias_grad else None
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias
+    if dbias is not None and bias_lk != 1:
+        dbias = _pad_keys(dbias, lk, -1)
+    return dq.to(q.dtype), _pad_keys(dk.to(k.dtype), lk, 2), _pad_keys(dv.to(v.dtype), lk, 2), dbias
 
 
 register_backend(OP, "torch", priority=0, autograd=True,
@@ -214,11 +238,7 @@ def _finite_padding(x, pad):
 
 def _sdpa_inputs(q, k, v, kv_lens, kpm, bias):
     """Keys cut at max(kv_lens) (never read past it), mask, dead rows, padding; k/v safe and repeated."""
-    if kv_lens is not None:
-        n = max(1, min(k.shape[2], int(kv_lens.max())))
-        k, v = k[:, :, :n], v[:, :, :n]
-        kpm = None if kpm is None else kpm[:, :n]
-        bias = None if bias is None or bias.shape[-1] == 1 else bias[..., :n]
+    k, v, kpm, bias, _ = _cut_keys(k, v, kv_lens, kpm, bias, None)
     mask, dead, pad = _dense_mask(q, k, kv_lens, kpm, bias)
     g = q.shape[1] // k.shape[1]
     k, v = (_finite_padding(t, pad) for t in (k, v))
@@ -246,9 +266,7 @@ def _sdpa_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale, dro
         dout.contiguous(), q, kr, vr, out, lse, 0.0, False, attn_mask=mask, scale=scale)
     g = q.shape[1] // hkv
     dk, dv = (_grouped(d, hkv).sum(2) if g > 1 else d for d in (dk, dv))
-    if dk.shape[2] < lk:  # keys past max(kv_lens) get zero gradients
-        dk, dv = (torch.nn.functional.pad(d, (0, 0, 0, lk - d.shape[2])) for d in (dk, dv))
-    return dq, dk, dv, None
+    return dq, _pad_keys(dk, lk, 2), _pad_keys(dv, lk, 2), None
 
 
 register_backend(OP, "sdpa", priority=20, devices=("cpu",), autograd=True, check=_no_dropout_no_bias_grad("sdpa"),

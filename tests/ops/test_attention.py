@@ -138,6 +138,17 @@ def test_all_masked_rows_give_zeros_and_zero_grads(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_whole_batch_shorter_than_lk(backend):
+    # every sample ends early (keys past max(kv_lens) may be skipped, their grads must be 0)
+    q, k, v, _, ab = _inputs((2, 2, 1, 3, 9, 8), lens=False, bias=True, bias_grad=_supports_bias_grad(backend))
+    kv_lens = torch.tensor([1, 0], device=q.device)
+    k, v = (poison_padding(t.detach(), kv_lens, dim=2).requires_grad_() for t in (k, v))
+    compare_to_reference(lambda q, k, v, b: cross_attention(q, k, v, kv_lens=kv_lens, attn_bias=b, backend=backend),
+                         lambda q, k, v, b: cross_attention_reference(q, k, v, kv_lens=kv_lens, attn_bias=b)[0],
+                         (q, k, v, ab), msg=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_mqa_equals_repeated_heads(backend):
     q, k, v, kv_lens, _ = _inputs((2, 4, 1, 7, 33, 8))
     a = cross_attention(q, k, v, kv_lens=kv_lens, backend=backend)
