@@ -333,8 +333,14 @@ register_backend(OP, "xformers", priority=25, devices=("cuda",), dtypes=(torch.f
     _Impl(_xformers_forward, _xformers_backward))
 
 
-def _triton_check(q, k, v, kv_lens=None, kpm=None, bias=None, **_):
-    return [f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"] if q.shape[-1] > MAX_HEAD_DIM else []
+def _gpu_kernel_check(q, k, v, kv_lens=None, kpm=None, bias=None, *, dropout_p=0.0, bias_grad=False, **_):
+    reasons = [f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"] if q.shape[-1] > MAX_HEAD_DIM else []
+    b, hq, lq = q.shape[:3]
+    if b * hq > 65535:
+        reasons.append(f"B * Hq = {b * hq} exceeds the CUDA grid limit 65535")
+    if (dropout_p > 0 or bias_grad) and b * hq * lq * k.shape[2] >= 2**31:
+        reasons.append("dropout mask / attn_bias gradient with >= 2**31 elements (32-bit indexing)")
+    return reasons
 
 
 def _triton_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
@@ -352,7 +358,7 @@ def _triton_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale, d
 
 
 triton_backend(OP, priority=30, dtypes=(torch.float16, torch.bfloat16, torch.float32), autograd=True,
-               check=_triton_check,
+               check=_gpu_kernel_check,
                description="avfast flash forward/backward: online softmax, BLOCK_M from Lq, key splits for short "
                            "queries, kv_lens skip tiles, GQA, bias grads, deterministic backward (no atomics)")(
     _Impl(_triton_forward, _triton_backward))
@@ -367,7 +373,7 @@ def _cuda_backward(*_):
 
 
 register_backend(OP, "cuda", priority=10, devices=("cuda",), dtypes=(torch.float16, torch.bfloat16, torch.float32),
-                 autograd=False, available=cuda_op("cross_attention_fwd_cuda"), check=_triton_check,
+                 autograd=False, available=cuda_op("cross_attention_fwd_cuda"), check=_gpu_kernel_check,
                  description="hand-written CUDA forward (csrc/cuda/attention.cu): one block per query row, warps "
                              "over key splits, no tensor cores; inference only, below triton in auto")(
     _Impl(_cuda_forward, _cuda_backward))

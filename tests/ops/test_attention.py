@@ -357,3 +357,14 @@ def test_cuda_forward_gpu(case, dtype):
     with torch.no_grad():
         assert_close(cross_attention(q, k, v, kv_lens=kv_lens, backend="cuda"),
                      cross_attention_reference(q, k, v, kv_lens=kv_lens)[0], **tol(dtype, HALF_SCALE[dtype]))
+
+
+def test_gpu_kernels_refuse_what_they_cannot_index():
+    meta = dict(device="meta")
+    q, k = torch.empty(70000, 1, 1, 8, **meta), torch.empty(70000, 1, 4, 8, **meta)
+    assert any("grid limit" in r for r in attn_mod._gpu_kernel_check(q, k, k))
+    q, k = torch.empty(64, 16, 1024, 8, **meta), torch.empty(64, 16, 4096, 8, **meta)
+    assert attn_mod._gpu_kernel_check(q, k, k) == []
+    assert any("32-bit" in r for r in attn_mod._gpu_kernel_check(q, k, k, bias_grad=True))
+    assert any("head dim" in r for r in attn_mod._gpu_kernel_check(torch.empty(1, 1, 1, 512, **meta),
+                                                                   *[torch.empty(1, 1, 1, 512, **meta)] * 2))
