@@ -8,7 +8,7 @@ Forward (``_attn_fwd_kernel``), per program one (query block, batch * head, key 
 
 When ``B * Hq * ceil(Lq / BLOCK_M)`` programs cannot fill the GPU, the keys are split into chunks
 (flash-decoding): each split writes an fp32 partial (out_s, lse_s), merged by
-``out = sum_s exp(lse_s - lse) out_s`` with ``lse = logsumexp_s lse_s``.
+``_merge_splits_kernel``: ``out = sum_s exp(lse_s - lse) out_s`` with ``lse = logsumexp_s lse_s``.
 
 Backward (FlashAttention-2 style, no atomics, so bitwise deterministic):
 
@@ -212,6 +212,28 @@ def _attn_bwd_dq_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, O, LSE, DQ, DBias,
              mask=mask)
 
 
+@triton.jit
+def _merge_splits_kernel(Part, PartLSE, Out, LSE, rows, Dh, S, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out = sum_s exp(lse_s - lse) out_s, lse = logsumexp_s lse_s for BLOCK_R rows of (rows, Dh)."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    d = tl.arange(0, BLOCK_D)
+    rmask = r < rows
+    mask = rmask[:, None] & (d[None, :] < Dh)
+    m = tl.full((BLOCK_R,), float("-inf"), tl.float32)
+    for s in range(0, S):
+        m = tl.maximum(m, tl.load(PartLSE + s * rows + r, mask=rmask, other=float("-inf")))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    total = tl.zeros((BLOCK_R,), tl.float32)
+    acc = tl.zeros((BLOCK_R, BLOCK_D), tl.float32)
+    for s in range(0, S):
+        w = tl.exp(tl.load(PartLSE + s * rows + r, mask=rmask, other=float("-inf")) - m_safe)
+        total += w
+        acc += w[:, None] * tl.load(Part + (s * rows + r[:, None]) * Dh + d[None, :], mask=mask, other=0.0)
+    safe = tl.where(total == 0.0, 1.0, total)
+    tl.store(Out + r[:, None] * Dh + d[None, :], (acc / safe[:, None]).to(Out.dtype.element_ty), mask=mask)
+    tl.store(LSE + r, tl.where(total == 0.0, float("-inf"), m_safe + tl.log(safe)), mask=rmask)
+
+
 # --------------------------------------------------------------------------------- launchers
 
 
@@ -301,11 +323,17 @@ def attention_forward(q, k, v, kv_lens, kpm, bias, keep, scale: float, dropout_p
     return merge_splits(out, lse, q.dtype)
 
 
-def merge_splits(out: torch.Tensor, lse: torch.Tensor, dtype: torch.dtype):
-    """Combine split partials (S, B, H, Lq, Dh) and (S, B, H, Lq) into (out, lse)."""
-    total = torch.logsumexp(lse, dim=0)
-    weight = torch.exp(lse - total.masked_fill(total == float("-inf"), float("inf")))
-    return (weight[..., None] * out).sum(0).to(dtype), total
+def merge_splits(part: torch.Tensor, part_lse: torch.Tensor, dtype: torch.dtype):
+    """Combine split partials (S, B, H, Lq, Dh) and (S, B, H, Lq) into (out in ``dtype``, lse), one launch."""
+    splits, dh = part.shape[0], part.shape[-1]
+    out = torch.empty(part.shape[1:], dtype=dtype, device=part.device)
+    lse = torch.empty(part_lse.shape[1:], dtype=torch.float32, device=part.device)
+    rows = lse.numel()
+    block_d = max(16, next_pow2(dh))
+    block_r = max(1, min(64, 4096 // block_d))
+    _merge_splits_kernel[(triton.cdiv(rows, block_r),)](part, part_lse, out, lse, rows, dh, splits,
+                                                        BLOCK_R=block_r, BLOCK_D=block_d)
+    return out, lse
 
 
 def attention_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale: float, dropout_p: float,
