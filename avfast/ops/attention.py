@@ -328,8 +328,9 @@ def _xformers_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale,
 
 
 register_backend(OP, "xformers", priority=25, devices=("cuda",), dtypes=(torch.float16, torch.bfloat16, torch.float32),
-                 autograd=True, available=_xformers_missing, check=_no_dropout_no_bias_grad("xformers"),
-                 description="xformers memory-efficient attention (CUDA, when installed); no attn_bias grad, no dropout")(
+                 autograd=True, deterministic=False, available=_xformers_missing, check=_no_dropout_no_bias_grad("xformers"),
+                 description="xformers memory-efficient attention (CUDA, when installed; untested here); no attn_bias grad, "
+                             "no dropout; backward may use atomics, so declared non-deterministic")(
     _Impl(_xformers_forward, _xformers_backward))
 
 
