@@ -1,21 +1,22 @@
 """Triton flash attention for short queries over long, padded keys (forward + backward).
 
-Forward (``_attn_fwd_kernel``), per program one (query block, batch * head, key split)::
+Forward (``_attn_fwd_kernel``), per program one (row block, batch * kv head, key split), where the
+rows of a kv head are its G = Hq / Hkv query heads' queries packed along M (GQA/MQA read each K/V
+tile once per group; G = 1 for plain multi-head attention)::
 
     s = q k^T * scale + bias;  s[masked] = -inf          # masked: past kv_lens[b] or key_padding_mask
     m, l, acc: online softmax over the key blocks of the split
     out = acc / l,  lse = m + log(l)                      # all-masked rows: out 0, lse -inf
 
-When ``B * Hq * ceil(Lq / BLOCK_M)`` programs cannot fill the GPU, the keys are split into chunks
+When ``B * Hkv * ceil(G * Lq / BLOCK_M)`` programs cannot fill the GPU, the keys are split into chunks
 (flash-decoding): each split writes an fp32 partial (out_s, lse_s), merged by
 ``_merge_splits_kernel``: ``out = sum_s exp(lse_s - lse) out_s`` with ``lse = logsumexp_s lse_s``.
 
 Backward (FlashAttention-2 style, no atomics, so bitwise deterministic):
 
-- ``_attn_bwd_dkdv_kernel``, per (key block, batch * kv head): loops over the group's query heads
-  and query blocks; ``p = exp(s - lse)``, ``dv += p_drop^T do``, ``ds = p (dp_drop - delta)``,
-  ``dk += ds^T q * scale`` with ``delta = rowsum(do * out)`` computed in-tile (no extra launch).
-- ``_attn_bwd_dq_kernel``, per (query block, batch * head, key split): ``dq += ds k * scale``,
+- ``_attn_bwd_dkdv_kernel``, per (key block, batch * kv head): loops over the group's packed rows;
+  ``p = exp(s - lse)``, ``dv += p_drop^T do``, ``ds = p (dp_drop - delta)``, ``dk += ds^T q * scale`` with ``delta = rowsum(do * out)`` computed in-tile (no extra launch).
+- ``_attn_bwd_dq_kernel``, per (row block, batch * kv head, key split): ``dq += ds k * scale``,
   and ``dbias = ds`` stored per element when the bias needs a gradient (reduced over its broadcast
   dimensions afterwards). Split partials of dq are summed in a fixed order.
 
@@ -47,23 +48,40 @@ def _load_kv_tile(K, V, KPM, b, hk, offs_n, offs_d, n_end, Lk, Dh, skb, skh, skn
 
 
 @triton.jit
-def _scores(q, k, valid_n, Bias, b, h, offs_m, offs_n, Lq, sbb, sbh, sbm, sbn, scale,
+def _group_rows(r0, b, hk, Hq, G, Lq, BLOCK_M: tl.constexpr):
+    """Rows r0 .. r0 + BLOCK_M of a kv head's query group: the G query heads sharing kv head ``hk``
+    are packed along M (row r = head (r // Lq) of the group, query r % Lq), so GQA/MQA read each K/V
+    tile once per group. Returns (head, query index, global row of (B, Hq, Lq), valid) per row."""
+    r = r0 + tl.arange(0, BLOCK_M)
+    h = hk * G + r // Lq
+    return h, r % Lq, (b * Hq + hk * G) * Lq + r, r < G * Lq
+
+
+@triton.jit
+def _load_rows(X, b, h, m, rmask, offs_d, Dh, sxb, sxh, sxm):
+    """(BLOCK_M, BLOCK_D) tile of X (B, H, L, Dh) at per-row (head, position)."""
+    mask = rmask[:, None] & (offs_d[None, :] < Dh)
+    return tl.load(X + b * sxb + h[:, None] * sxh + m[:, None] * sxm + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _scores(q, k, valid_n, Bias, b, h, m, rmask, offs_n, sbb, sbh, sbm, sbn, scale,
             HAS_BIAS: tl.constexpr, PREC: tl.constexpr):
     """s = q k^T * scale + bias (BLOCK_M, BLOCK_N) in fp32, -inf at masked keys."""
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
     if HAS_BIAS:
-        bmask = (offs_m[:, None] < Lq) & valid_n[None, :]
-        s += tl.load(Bias + b * sbb + h * sbh + offs_m[:, None] * sbm + offs_n[None, :] * sbn,
+        bmask = rmask[:, None] & valid_n[None, :]
+        s += tl.load(Bias + b * sbb + h[:, None] * sbh + m[:, None] * sbm + offs_n[None, :] * sbn,
                      mask=bmask, other=0.0).to(tl.float32)
     return tl.where(valid_n[None, :], s, float("-inf"))
 
 
 @triton.jit
-def _dropped(p, Keep, bh, offs_m, offs_n, Lq, Lk, drop_scale, HAS_DROPOUT: tl.constexpr):
+def _dropped(p, Keep, grow, rmask, offs_n, Lk, drop_scale, HAS_DROPOUT: tl.constexpr):
     """p * keep / (1 - dropout_p) with the keep mask (B, Hq, Lq, Lk) drawn in Python."""
     if HAS_DROPOUT:
-        kmask = (offs_m[:, None] < Lq) & (offs_n[None, :] < Lk)
-        keep = tl.load(Keep + (bh * Lq + offs_m[:, None]) * Lk + offs_n[None, :], mask=kmask, other=0)
+        kmask = rmask[:, None] & (offs_n[None, :] < Lk)
+        keep = tl.load(Keep + grow[:, None] * Lk + offs_n[None, :], mask=kmask, other=0)
         p = tl.where(keep != 0, p * drop_scale, 0.0)
     return p
 
@@ -79,43 +97,38 @@ def _key_range(Lens, b, split, keys_per_split, Lk, HAS_LENS: tl.constexpr):
 
 
 @triton.jit
-def _load_q_tile(X, b, h, offs_m, offs_d, Lq, Dh, sxb, sxh, sxm):
-    mask = (offs_m[:, None] < Lq) & (offs_d[None, :] < Dh)
-    return tl.load(X + b * sxb + h * sxh + offs_m[:, None] * sxm + offs_d[None, :], mask=mask, other=0.0)
+def _query_program(Hkv):
+    """This program's (batch, kv head, first packed row block index, key split)."""
+    pid_m, bhk, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    return bhk // Hkv, bhk % Hkv, pid_m, split
 
 
 @triton.jit
-def _query_program(Hq, G, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """This program's (batch * head, batch, head, kv head, key split, query offsets, dim offsets)."""
-    pid_m, bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    h = bh % Hq
-    return bh, bh // Hq, h, h // G, split, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D)
-
-
-@triton.jit
-def _load_lse(LSE, bh, offs_m, Lq):
-    """lse (BLOCK_M,) for the backward: +inf on all-masked rows and past Lq, so exp(s - lse) = 0."""
-    lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=float("inf"))
+def _load_lse(LSE, grow, rmask):
+    """lse (BLOCK_M,) for the backward: +inf on all-masked and padding rows, so exp(s - lse) = 0."""
+    lse = tl.load(LSE + grow, mask=rmask, other=float("inf"))
     return tl.where(lse == float("-inf"), float("inf"), lse)
 
 
 @triton.jit
-def _row_delta(do, O, bh, offs_m, offs_d, Lq, Dh):
+def _row_delta(do, O, grow, rmask, offs_d, Dh):
     """delta = rowsum(do * out) (BLOCK_M,) in fp32; out is contiguous (B, Hq, Lq, Dh)."""
-    mask = (offs_m[:, None] < Lq) & (offs_d[None, :] < Dh)
-    o = tl.load(O + (bh * Lq + offs_m[:, None]) * Dh + offs_d[None, :], mask=mask, other=0.0)
+    mask = rmask[:, None] & (offs_d[None, :] < Dh)
+    o = tl.load(O + grow[:, None] * Dh + offs_d[None, :], mask=mask, other=0.0)
     return tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
 
 
 @triton.jit
 def _attn_fwd_kernel(Q, K, V, Bias, KPM, Lens, Keep, Out, LSE,
                      sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbb, sbh, sbm, sbn,
-                     Hq, G, Lq, Lk, Dh, keys_per_split, scale, drop_scale, out_split_stride, lse_split_stride,
+                     Hq, Hkv, G, Lq, Lk, Dh, keys_per_split, scale, drop_scale, out_split_stride, lse_split_stride,
                      HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
                      HAS_DROPOUT: tl.constexpr, PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    bh, b, h, hk, split, offs_m, offs_d = _query_program(Hq, G, BLOCK_M, BLOCK_D)
-    q = _load_q_tile(Q, b, h, offs_m, offs_d, Lq, Dh, sqb, sqh, sqm)
+    b, hk, pid_m, split = _query_program(Hkv)
+    h, m, grow, rmask = _group_rows(pid_m * BLOCK_M, b, hk, Hq, G, Lq, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_rows(Q, b, h, m, rmask, offs_d, Dh, sqb, sqh, sqm)
     start, end = _key_range(Lens, b, split, keys_per_split, Lk, HAS_LENS)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
@@ -123,22 +136,22 @@ def _attn_fwd_kernel(Q, K, V, Bias, KPM, Lens, Keep, Out, LSE,
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         k, v, valid = _load_kv_tile(K, V, KPM, b, hk, offs_n, offs_d, end, Lk, Dh, skb, skh, skn, svb, svh, svn, HAS_KPM)
-        s = _scores(q, k, valid, Bias, b, h, offs_m, offs_n, Lq, sbb, sbh, sbm, sbn, scale, HAS_BIAS, PREC)
+        s = _scores(q, k, valid, Bias, b, h, m, rmask, offs_n, sbb, sbh, sbm, sbn, scale, HAS_BIAS, PREC)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp(s - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        p = _dropped(p, Keep, bh, offs_m, offs_n, Lq, Lk, drop_scale, HAS_DROPOUT)
+        p = _dropped(p, Keep, grow, rmask, offs_n, Lk, drop_scale, HAS_DROPOUT)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(l_safe))
-    row = bh * Lq + offs_m
-    omask = (offs_m[:, None] < Lq) & (offs_d[None, :] < Dh)
-    tl.store(Out + split * out_split_stride + row[:, None] * Dh + offs_d[None, :], out.to(Out.dtype.element_ty), mask=omask)
-    tl.store(LSE + split * lse_split_stride + row, lse, mask=offs_m < Lq)
+    omask = rmask[:, None] & (offs_d[None, :] < Dh)
+    tl.store(Out + split * out_split_stride + grow[:, None] * Dh + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=omask)
+    tl.store(LSE + split * lse_split_stride + grow, lse, mask=rmask)
 
 
 @triton.jit
@@ -148,8 +161,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, O, LSE, DK, DV,
                           HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
                           HAS_DROPOUT: tl.constexpr, PREC: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_n, bhk = tl.program_id(0), tl.program_id(1)
-    b, hk = bhk // Hkv, bhk % Hkv
+    b, hk, pid_n, _ = _query_program(Hkv)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     _, end = _key_range(Lens, b, 0, Lk, Lk, HAS_LENS)
@@ -157,24 +169,21 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, O, LSE, DK, DV,
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     if pid_n * BLOCK_N < end:
-        for g in range(0, G):
-            h = hk * G + g
-            bh = b * Hq + h
-            for m0 in range(0, Lq, BLOCK_M):
-                offs_m = m0 + tl.arange(0, BLOCK_M)
-                q = _load_q_tile(Q, b, h, offs_m, offs_d, Lq, Dh, sqb, sqh, sqm)
-                do = _load_q_tile(DO, b, h, offs_m, offs_d, Lq, Dh, sdb, sdh, sdm)
-                lse = _load_lse(LSE, bh, offs_m, Lq)
-                delta = _row_delta(do, O, bh, offs_m, offs_d, Lq, Dh)
-                s = _scores(q, k, valid, Bias, b, h, offs_m, offs_n, Lq, sbb, sbh, sbm, sbn, scale, HAS_BIAS, PREC)
-                p = tl.exp(s - lse[:, None])
-                p_drop = _dropped(p, Keep, bh, offs_m, offs_n, Lq, Lk, drop_scale, HAS_DROPOUT)
-                dv += tl.dot(tl.trans(p_drop.to(do.dtype)), do, input_precision=PREC)
-                dp = _dropped(tl.dot(do, tl.trans(v), input_precision=PREC), Keep, bh, offs_m, offs_n, Lq, Lk,
-                              drop_scale, HAS_DROPOUT)
-                ds = p * (dp - delta[:, None])
-                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
-    row = bhk * Lk + offs_n
+        for r0 in range(0, G * Lq, BLOCK_M):
+            h, m, grow, rmask = _group_rows(r0, b, hk, Hq, G, Lq, BLOCK_M)
+            q = _load_rows(Q, b, h, m, rmask, offs_d, Dh, sqb, sqh, sqm)
+            do = _load_rows(DO, b, h, m, rmask, offs_d, Dh, sdb, sdh, sdm)
+            lse = _load_lse(LSE, grow, rmask)
+            delta = _row_delta(do, O, grow, rmask, offs_d, Dh)
+            s = _scores(q, k, valid, Bias, b, h, m, rmask, offs_n, sbb, sbh, sbm, sbn, scale, HAS_BIAS, PREC)
+            p = tl.exp(s - lse[:, None])
+            p_drop = _dropped(p, Keep, grow, rmask, offs_n, Lk, drop_scale, HAS_DROPOUT)
+            dv += tl.dot(tl.trans(p_drop.to(do.dtype)), do, input_precision=PREC)
+            dp = _dropped(tl.dot(do, tl.trans(v), input_precision=PREC), Keep, grow, rmask, offs_n, Lk, drop_scale,
+                          HAS_DROPOUT)
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+    row = (b * Hkv + hk) * Lk + offs_n
     mask = (offs_n[:, None] < Lk) & (offs_d[None, :] < Dh)
     tl.store(DK + row[:, None] * Dh + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=mask)
     tl.store(DV + row[:, None] * Dh + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=mask)
@@ -183,32 +192,33 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, O, LSE, DK, DV,
 @triton.jit
 def _attn_bwd_dq_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, O, LSE, DQ, DBias,
                         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbb, sbh, sbm, sbn, sdb, sdh, sdm,
-                        Hq, G, Lq, Lk, Dh, keys_per_split, scale, drop_scale, dq_split_stride,
+                        Hq, Hkv, G, Lq, Lk, Dh, keys_per_split, scale, drop_scale, dq_split_stride,
                         HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
                         HAS_DROPOUT: tl.constexpr, BIAS_GRAD: tl.constexpr, PREC: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    bh, b, h, hk, split, offs_m, offs_d = _query_program(Hq, G, BLOCK_M, BLOCK_D)
-    q = _load_q_tile(Q, b, h, offs_m, offs_d, Lq, Dh, sqb, sqh, sqm)
-    do = _load_q_tile(DO, b, h, offs_m, offs_d, Lq, Dh, sdb, sdh, sdm)
-    lse = _load_lse(LSE, bh, offs_m, Lq)
-    delta = _row_delta(do, O, bh, offs_m, offs_d, Lq, Dh)
+    b, hk, pid_m, split = _query_program(Hkv)
+    h, m, grow, rmask = _group_rows(pid_m * BLOCK_M, b, hk, Hq, G, Lq, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_rows(Q, b, h, m, rmask, offs_d, Dh, sqb, sqh, sqm)
+    do = _load_rows(DO, b, h, m, rmask, offs_d, Dh, sdb, sdh, sdm)
+    lse = _load_lse(LSE, grow, rmask)
+    delta = _row_delta(do, O, grow, rmask, offs_d, Dh)
     start, end = _key_range(Lens, b, split, keys_per_split, Lk, HAS_LENS)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         k, v, valid = _load_kv_tile(K, V, KPM, b, hk, offs_n, offs_d, end, Lk, Dh, skb, skh, skn, svb, svh, svn, HAS_KPM)
-        s = _scores(q, k, valid, Bias, b, h, offs_m, offs_n, Lq, sbb, sbh, sbm, sbn, scale, HAS_BIAS, PREC)
+        s = _scores(q, k, valid, Bias, b, h, m, rmask, offs_n, sbb, sbh, sbm, sbn, scale, HAS_BIAS, PREC)
         p = tl.exp(s - lse[:, None])
-        dp = _dropped(tl.dot(do, tl.trans(v), input_precision=PREC), Keep, bh, offs_m, offs_n, Lq, Lk,
-                      drop_scale, HAS_DROPOUT)
+        dp = _dropped(tl.dot(do, tl.trans(v), input_precision=PREC), Keep, grow, rmask, offs_n, Lk, drop_scale,
+                      HAS_DROPOUT)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
         if BIAS_GRAD:
-            bmask = (offs_m[:, None] < Lq) & (offs_n[None, :] < end)
-            tl.store(DBias + (bh * Lq + offs_m[:, None]) * Lk + offs_n[None, :], ds, mask=bmask)
-    row = bh * Lq + offs_m
-    mask = (offs_m[:, None] < Lq) & (offs_d[None, :] < Dh)
-    tl.store(DQ + split * dq_split_stride + row[:, None] * Dh + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+            bmask = rmask[:, None] & (offs_n[None, :] < end)
+            tl.store(DBias + grow[:, None] * Lk + offs_n[None, :], ds, mask=bmask)
+    mask = rmask[:, None] & (offs_d[None, :] < Dh)
+    tl.store(DQ + split * dq_split_stride + grow[:, None] * Dh + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=mask)
 
 
@@ -256,20 +266,20 @@ def _sm_count(device: torch.device) -> int:
     return 4  # interpreter: a few splits, so the split path is exercised on CPU too
 
 
-def plan(b: int, hq: int, lq: int, lk: int, dh: int, device: torch.device, splits: int | None = None) -> Plan:
-    """Tile sizes and the key split for (B, Hq, Lq, Lk, Dh).
+def plan(b: int, hkv: int, rows: int, lk: int, dh: int, device: torch.device, splits: int | None = None) -> Plan:
+    """Tile sizes and the key split for B * Hkv query groups of ``rows`` = (Hq / Hkv) * Lq packed rows.
 
-    BLOCK_M = next power of two >= Lq in [16, 64] (128 for long query blocks at Dh <= 64); the keys
+    BLOCK_M = next power of two >= rows in [16, 64] (128 for long query blocks at Dh <= 64); the keys
     are split when fewer than 2 programs per SM would run, each split keeping >= 2 key blocks.
     """
     block_d = max(16, next_pow2(dh))
-    block_m = min(max(16, next_pow2(lq)), 128 if block_d <= 64 else 64)
+    block_m = min(max(16, next_pow2(rows)), 128 if block_d <= 64 else 64)
     block_n = 64 if block_d <= 128 else 32
     if interpreting():
         block_n = 32
     n_blocks = triton.cdiv(lk, block_n)
     if splits is None:
-        programs = b * hq * triton.cdiv(lq, block_m)
+        programs = b * hkv * triton.cdiv(rows, block_m)
         target = 2 * _sm_count(device)
         splits = 1 if programs >= target else min(triton.cdiv(target, programs), max(1, n_blocks // 2))
     splits = max(1, min(splits, n_blocks))
@@ -306,7 +316,8 @@ def attention_forward(q, k, v, kv_lens, kpm, bias, keep, scale: float, dropout_p
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     b, hq, lq, dh = q.shape
     hkv, lk = k.shape[1], k.shape[2]
-    pl = plan(b, hq, lq, lk, dh, q.device, splits)
+    g = hq // hkv
+    pl = plan(b, hkv, g * lq, lk, dh, q.device, splits)
     tensors, strides, flags, drop_scale = _shared(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p)
     if pl.splits == 1:
         out = torch.empty(b, hq, lq, dh, dtype=q.dtype, device=q.device)
@@ -314,8 +325,8 @@ def attention_forward(q, k, v, kv_lens, kpm, bias, keep, scale: float, dropout_p
     else:
         out = torch.empty(pl.splits, b, hq, lq, dh, dtype=torch.float32, device=q.device)
         lse = torch.empty(pl.splits, b, hq, lq, dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(lq, pl.block_m), b * hq, pl.splits)
-    _attn_fwd_kernel[grid](*tensors, out, lse, *strides, hq, hq // hkv, lq, lk, dh, pl.keys_per_split, scale,
+    grid = (triton.cdiv(g * lq, pl.block_m), b * hkv, pl.splits)
+    _attn_fwd_kernel[grid](*tensors, out, lse, *strides, hq, hkv, g, lq, lk, dh, pl.keys_per_split, scale,
                            drop_scale, b * hq * lq * dh, b * hq * lq, **flags, BLOCK_M=pl.block_m,
                            BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.num_warps)
     if pl.splits == 1:
@@ -342,20 +353,21 @@ def attention_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale:
     q, k, v, dout = (_last_dim_contiguous(t) for t in (q, k, v, dout))
     b, hq, lq, dh = q.shape
     hkv, lk = k.shape[1], k.shape[2]
-    pl = plan(b, hq, lq, lk, dh, q.device, splits)
+    g = hq // hkv
+    pl = plan(b, hkv, g * lq, lk, dh, q.device, splits)
     tensors, strides, flags, drop_scale = _shared(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p)
     out, lse = out.contiguous(), lse.contiguous()
     dk, dv = torch.empty(b, hkv, lk, dh, dtype=k.dtype, device=q.device), torch.empty(b, hkv, lk, dh, dtype=v.dtype,
                                                                                         device=q.device)
     common = (*strides, *_strides(dout))
     _attn_bwd_dkdv_kernel[(triton.cdiv(lk, pl.block_n), b * hkv)](
-        *tensors, dout, out, lse, dk, dv, *common, hq, hkv, hq // hkv, lq, lk, dh, scale, drop_scale, **flags,
+        *tensors, dout, out, lse, dk, dv, *common, hq, hkv, g, lq, lk, dh, scale, drop_scale, **flags,
         BLOCK_M=pl.block_m, BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.num_warps)
     dq_dtype = q.dtype if pl.splits == 1 else torch.float32
     dq = torch.empty(pl.splits, b, hq, lq, dh, dtype=dq_dtype, device=q.device)
     dbias = torch.zeros(b, hq, lq, lk, dtype=torch.float32, device=q.device) if bias_grad else None
-    _attn_bwd_dq_kernel[(triton.cdiv(lq, pl.block_m), b * hq, pl.splits)](
-        *tensors, dout, out, lse, dq, dbias, *common, hq, hq // hkv, lq, lk, dh, pl.keys_per_split, scale,
+    _attn_bwd_dq_kernel[(triton.cdiv(g * lq, pl.block_m), b * hkv, pl.splits)](
+        *tensors, dout, out, lse, dq, dbias, *common, hq, hkv, g, lq, lk, dh, pl.keys_per_split, scale,
         drop_scale, b * hq * lq * dh, **flags, BIAS_GRAD=bias_grad, BLOCK_M=pl.block_m, BLOCK_N=pl.block_n,
         BLOCK_D=pl.block_d, num_warps=pl.num_warps)
     dq = dq[0] if pl.splits == 1 else dq.sum(0).to(q.dtype)
