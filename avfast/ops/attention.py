@@ -11,7 +11,10 @@ Backends (``avfast.available_backends("cross_attention")``):
 - ``sdpa``: PyTorch's fused CPU flash-attention kernel (the ``scaled_dot_product_attention`` CPU
   path) with avfast's masks; no ``attn_bias`` gradient, no dropout.
 - ``xformers``: ``xformers.ops`` memory-efficient attention on CUDA when xformers is installed.
-- ``triton``: avfast's flash forward/backward (``avfast.kernels.attention``), CUDA.
+- ``triton``: avfast's flash forward/backward (``avfast.kernels.attention``), CUDA; auto's first
+  choice on GPUs.
+- ``cuda``: a plain-CUDA forward for decode-like short queries (``csrc/cuda/attention.cu``),
+  inference only, built with the CUDA extension.
 
 No C++ CPU kernel exists for this op: CPU users get ``sdpa`` (fused) or ``torch``.
 """
@@ -19,12 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Callable
 
 import torch
 
-from avfast._backend import get_backend, register_backend, select, triton_backend
+from avfast._backend import cuda_op, get_backend, register_backend, select, triton_backend
 
 __all__ = ["cross_attention", "cross_attention_reference"]
 
@@ -105,6 +107,30 @@ def _grouped(x: torch.Tensor, hkv: int) -> torch.Tensor:
     return x.unflatten(1, (hkv, x.shape[1] // hkv))
 
 
+def _zero_padding(x, pad):
+    """(B, H, Lk, Dh) with the padding keys set to 0 (so NaN there cannot reach a matmul)."""
+    return x if pad is None else x.masked_fill(pad[:, None, :, None], 0)
+
+
+def _cut_keys(k, v, kv_lens, kpm, bias, keep):
+    """Keys and their masks cut at max(kv_lens), on CPU only (finding the max syncs a GPU)."""
+    if kv_lens is None or k.device.type != "cpu":
+        return k, v, kpm, bias, keep
+    n = max(1, min(k.shape[2], int(kv_lens.max())))
+    if n == k.shape[2]:
+        return k, v, kpm, bias, keep
+    cut = lambda t: t if t is None or t.shape[-1] == 1 else t[..., :n]  # noqa: E731
+    return k[:, :, :n], v[:, :, :n], cut(kpm), cut(bias), cut(keep)
+
+
+def _pad_keys(x: torch.Tensor, lk: int, dim: int) -> torch.Tensor:
+    """Gradient of keys cut by ``_cut_keys``, zero-padded back to ``lk`` along ``dim``."""
+    if x.shape[dim] == lk:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, lk - x.shape[dim]]
+    return torch.nn.functional.pad(x, pad)
+
+
 def _torch_probs(q, k, kv_lens, kpm, bias, scale, lse=None):
     """Probabilities (B, Hq, Lq, Lk) and lse (B, Hq, Lq) in the compute dtype; k padding zeroed.
 
@@ -113,7 +139,7 @@ def _torch_probs(q, k, kv_lens, kpm, bias, scale, lse=None):
     ct = _lse_dtype(q.dtype)
     hkv, lk = k.shape[1], k.shape[2]
     pad = key_padding(kv_lens, kpm, lk)
-    k = k.to(ct) if pad is None else k.to(ct).masked_fill(pad[:, None, :, None], 0)
+    k = _zero_padding(k.to(ct), pad)
     s = (_grouped(q.to(ct), hkv) @ k[:, :, None].transpose(-1, -2)).flatten(1, 2) * scale
     if bias is not None:
         s = s + bias.to(ct)
@@ -130,19 +156,20 @@ def _dropped(p, keep, dropout_p):
 
 
 def _torch_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
+    k, v, kpm, bias, keep = _cut_keys(k, v, kv_lens, kpm, bias, keep)
     p, lse, _ = _torch_probs(q, k, kv_lens, kpm, bias, scale)
-    pad = key_padding(kv_lens, kpm, k.shape[2])
-    v = v.to(p.dtype) if pad is None else v.to(p.dtype).masked_fill(pad[:, None, :, None], 0)
+    v = _zero_padding(v.to(p.dtype), key_padding(kv_lens, kpm, k.shape[2]))
     out = _grouped(_dropped(p, keep, dropout_p), k.shape[1]) @ v[:, :, None]
     return out.flatten(1, 2).to(q.dtype), lse
 
 
 def _torch_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale, dropout_p, bias_grad):
-    hkv = k.shape[1]
+    hkv, lk = k.shape[1], k.shape[2]
+    bias_lk = None if bias is None else bias.shape[-1]
+    k, v, kpm, bias, keep = _cut_keys(k, v, kv_lens, kpm, bias, keep)
     p, _, kz = _torch_probs(q, k, kv_lens, kpm, bias, scale, lse=lse)
     ct = p.dtype
-    pad = key_padding(kv_lens, kpm, k.shape[2])
-    vz = v.to(ct) if pad is None else v.to(ct).masked_fill(pad[:, None, :, None], 0)
+    vz = _zero_padding(v.to(ct), key_padding(kv_lens, kpm, k.shape[2]))
     do = dout.to(ct)
     dv = (_grouped(_dropped(p, keep, dropout_p), hkv).transpose(-1, -2) @ _grouped(do, hkv)).sum(2)
     dp = _dropped(_grouped(do, hkv) @ vz[:, :, None].transpose(-1, -2), None if keep is None else _grouped(keep, hkv),
@@ -152,7 +179,9 @@ def _torch_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale, dr
     dq = (_grouped(ds, hkv) @ kz[:, :, None]).flatten(1, 2) * scale
     dk = (_grouped(ds, hkv).transpose(-1, -2) @ _grouped(q.to(ct), hkv)).sum(2) * scale
     dbias = reduce_to_shape(ds, bias.shape).to(bias.dtype) if bias_grad else None
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias
+    if dbias is not None and bias_lk != 1:
+        dbias = _pad_keys(dbias, lk, -1)
+    return dq.to(q.dtype), _pad_keys(dk.to(k.dtype), lk, 2), _pad_keys(dv.to(v.dtype), lk, 2), dbias
 
 
 register_backend(OP, "torch", priority=0, autograd=True,
@@ -175,8 +204,8 @@ def _no_dropout_no_bias_grad(name: str):
 
 
 def _dense_mask(q, k, kv_lens, kpm, bias):
-    """Additive float mask (bias + -inf at padding) in q's dtype, its dead rows (B|1, H|1, Lq, 1)
-    and k/v padding zeroed, for the fused kernels that take one dense bias; (None, None, pad)."""
+    """(additive float mask (bias + -inf at padding) in q's dtype, dead rows (B|1, H|1, Lq, 1) or
+    None, padding (B, Lk) or None) for the fused kernels that take one dense bias."""
     pad = key_padding(kv_lens, kpm, k.shape[2])
     if pad is None and bias is None:
         return None, None, None
@@ -187,17 +216,39 @@ def _dense_mask(q, k, kv_lens, kpm, bias):
         mask = mask + torch.zeros(pad.shape, dtype=q.dtype, device=q.device).masked_fill(pad, float("-inf"))[:, None, None]
     mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
     dead = (mask == float("-inf")).all(-1, keepdim=True)
-    return mask, dead, pad
+    return mask, dead if dead.any() else None, pad
 
 
-def _zero_padding(x, pad):
-    return x if pad is None else x.masked_fill(pad[:, None, :, None], 0)
+def _expand_heads(x, pad, groups: int):
+    """(B, Hkv, Lk, Dh) with padding zeroed, repeated to (B, Hkv * groups, Lk, Dh) for kernels without GQA."""
+    x = _zero_padding(x, pad)
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def _finite_padding(x, pad):
+    """x, or a copy with its padding keys zeroed when they hold NaN/inf (one read, no copy otherwise)."""
+    if pad is None:
+        return x
+    # 1 * NaN, 0 * NaN and 1 * inf all stay non-finite: one batched GEMV finds them
+    probe = pad.to(x.dtype)[:, None, None, :] @ x
+    if bool(torch.isfinite(probe).all()):
+        return x
+    return _zero_padding(x, pad)
+
+
+def _sdpa_inputs(q, k, v, kv_lens, kpm, bias):
+    """Keys cut at max(kv_lens) (never read past it), mask, dead rows, padding; k/v safe and repeated."""
+    k, v, kpm, bias, _ = _cut_keys(k, v, kv_lens, kpm, bias, None)
+    mask, dead, pad = _dense_mask(q, k, kv_lens, kpm, bias)
+    g = q.shape[1] // k.shape[1]
+    k, v = (_finite_padding(t, pad) for t in (k, v))
+    if g > 1:
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    return k, v, mask, dead
 
 
 def _sdpa_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
-    mask, dead, pad = _dense_mask(q, k, kv_lens, kpm, bias)
-    g = q.shape[1] // k.shape[1]
-    k, v = (_zero_padding(t, pad).repeat_interleave(g, dim=1) for t in (k, v))
+    k, v, mask, dead = _sdpa_inputs(q, k, v, kv_lens, kpm, bias)
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask, scale=scale)
     if dead is not None:
         out = out.masked_fill(dead, 0)
@@ -206,16 +257,16 @@ def _sdpa_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
 
 
 def _sdpa_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale, dropout_p, bias_grad):
-    mask, dead, pad = _dense_mask(q, k, kv_lens, kpm, bias)
-    hkv, g = k.shape[1], q.shape[1] // k.shape[1]
-    kr, vr = (_zero_padding(t, pad).repeat_interleave(g, dim=1) for t in (k, v))
+    hkv, lk = k.shape[1], k.shape[2]
+    kr, vr, mask, dead = _sdpa_inputs(q, k, v, kv_lens, kpm, bias)
     if dead is not None:
         dout = dout.masked_fill(dead, 0)
     lse = lse.masked_fill(lse == float("-inf"), 0)
     dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
         dout.contiguous(), q, kr, vr, out, lse, 0.0, False, attn_mask=mask, scale=scale)
+    g = q.shape[1] // hkv
     dk, dv = (_grouped(d, hkv).sum(2) if g > 1 else d for d in (dk, dv))
-    return dq, _zero_padding(dk, pad), _zero_padding(dv, pad), None
+    return dq, _pad_keys(dk, lk, 2), _pad_keys(dv, lk, 2), None
 
 
 register_backend(OP, "sdpa", priority=20, devices=("cpu",), autograd=True, check=_no_dropout_no_bias_grad("sdpa"),
@@ -226,12 +277,12 @@ register_backend(OP, "sdpa", priority=20, devices=("cpu",), autograd=True, check
 
 @functools.lru_cache(maxsize=None)
 def _xformers_missing() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA device (xformers runs on CUDA only)"
     try:
         import xformers.ops  # noqa: F401
     except ImportError:
         return "xformers not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA device (xformers runs on CUDA only)"
     return None
 
 
@@ -242,7 +293,7 @@ def _xformers_bias(q, k, kv_lens, kpm, bias):
         return None, None, None
     b, hq, lq, lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     store = torch.empty(b, hq, lq, (lk + 15) // 16 * 16, dtype=q.dtype, device=q.device)[..., :lk]
-    store.copy_(mask.expand(b, hq, lq, lk).masked_fill(dead, 0))
+    store.copy_(mask.expand(b, hq, lq, lk) if dead is None else mask.expand(b, hq, lq, lk).masked_fill(dead, 0))
     return store, dead, pad
 
 
@@ -251,7 +302,7 @@ def _xformers_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
 
     mask, dead, pad = _xformers_bias(q, k, kv_lens, kpm, bias)
     g = q.shape[1] // k.shape[1]
-    k, v = (_zero_padding(t, pad).repeat_interleave(g, dim=1).transpose(1, 2) for t in (k, v))
+    k, v = (_expand_heads(t, pad, g).transpose(1, 2) for t in (k, v))
     out, lse = xops.memory_efficient_attention_forward_requires_grad(q.transpose(1, 2), k, v, attn_bias=mask, scale=scale)
     out, lse = out.transpose(1, 2), lse[..., : q.shape[2]].float()
     if dead is not None:
@@ -264,10 +315,11 @@ def _xformers_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale,
 
     mask, dead, pad = _xformers_bias(q, k, kv_lens, kpm, bias)
     hkv, g = k.shape[1], q.shape[1] // k.shape[1]
-    kr, vr = (_zero_padding(t, pad).repeat_interleave(g, dim=1).transpose(1, 2) for t in (k, v))
+    kr, vr = (_expand_heads(t, pad, g).transpose(1, 2) for t in (k, v))
     if dead is not None:
         dout = dout.masked_fill(dead, 0)
-    lse = lse.masked_fill(lse == float("-inf"), 0)
+    # dead rows attended everything in the forward (mask row 0): a huge lse makes their p = 0
+    lse = lse.masked_fill(lse == float("-inf"), 1e30)
     dq, dk, dv = xops.memory_efficient_attention_backward(
         dout.transpose(1, 2), out.transpose(1, 2), lse, q.transpose(1, 2), kr, vr, attn_bias=mask, scale=scale)
     dq, dk, dv = (d.transpose(1, 2) for d in (dq, dk, dv))
@@ -276,9 +328,56 @@ def _xformers_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale,
 
 
 register_backend(OP, "xformers", priority=25, devices=("cuda",), dtypes=(torch.float16, torch.bfloat16, torch.float32),
-                 autograd=True, available=_xformers_missing, check=_no_dropout_no_bias_grad("xformers"),
-                 description="xformers memory-efficient attention (CUDA, when installed); no attn_bias grad, no dropout")(
+                 autograd=True, deterministic=False, available=_xformers_missing, check=_no_dropout_no_bias_grad("xformers"),
+                 description="xformers memory-efficient attention (CUDA, when installed; untested here); no attn_bias grad, "
+                             "no dropout; backward may use atomics, so declared non-deterministic")(
     _Impl(_xformers_forward, _xformers_backward))
+
+
+def _gpu_kernel_check(q, k, v, kv_lens=None, kpm=None, bias=None, *, dropout_p=0.0, bias_grad=False, **_):
+    reasons = [f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"] if q.shape[-1] > MAX_HEAD_DIM else []
+    b, hq, lq = q.shape[:3]
+    if b * hq > 65535:
+        reasons.append(f"B * Hq = {b * hq} exceeds the CUDA grid limit 65535")
+    if (dropout_p > 0 or bias_grad) and b * hq * lq * k.shape[2] >= 2**31:
+        reasons.append("dropout mask / attn_bias gradient with >= 2**31 elements (32-bit indexing)")
+    return reasons
+
+
+def _triton_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
+    from avfast.kernels import attention as kernels
+
+    return kernels.attention_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p)
+
+
+def _triton_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale, dropout_p, bias_grad):
+    from avfast.kernels import attention as kernels
+
+    dq, dk, dv, dbias = kernels.attention_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale,
+                                                   dropout_p, bias_grad)
+    return dq, dk, dv, None if dbias is None else reduce_to_shape(dbias, bias.shape).to(bias.dtype)
+
+
+triton_backend(OP, priority=30, dtypes=(torch.float16, torch.bfloat16, torch.float32), autograd=True,
+               check=_gpu_kernel_check,
+               description="avfast flash forward/backward: online softmax, BLOCK_M from Lq, key splits for short "
+                           "queries, kv_lens skip tiles, GQA, bias grads, deterministic backward (no atomics)")(
+    _Impl(_triton_forward, _triton_backward))
+
+
+def _cuda_forward(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
+    return torch.ops.avfast_C.cross_attention_fwd_cuda(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p)
+
+
+def _cuda_backward(*_):
+    raise NotImplementedError("the cuda cross_attention backend is forward-only; train with backend='triton'")
+
+
+register_backend(OP, "cuda", priority=10, devices=("cuda",), dtypes=(torch.float16, torch.bfloat16, torch.float32),
+                 autograd=False, available=cuda_op("cross_attention_fwd_cuda"), check=_gpu_kernel_check,
+                 description="hand-written CUDA forward (csrc/cuda/attention.cu): one block per query row, warps "
+                             "over key splits, no tensor cores; inference only, below triton in auto")(
+    _Impl(_cuda_forward, _cuda_backward))
 
 
 # ---------------------------------------------------------------------------------- custom op
@@ -291,12 +390,12 @@ def _cross_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_le
                         backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     out, lse = get_backend(OP, backend).fn.forward(q, k, v, kv_lens, key_padding_mask, attn_bias, dropout_keep,
                                                     scale, dropout_p)
-    return out, lse
+    return out.contiguous(), lse.contiguous()
 
 
 @_cross_attention_op.register_fake
 def _(q, k, v, kv_lens, key_padding_mask, attn_bias, dropout_keep, scale, dropout_p, backend):
-    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=_lse_dtype(q.dtype))
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=_lse_dtype(q.dtype))
 
 
 @torch.library.custom_op("avfast::cross_attention_backward", mutates_args=())
@@ -307,13 +406,14 @@ def _cross_attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.T
                                  bias_grad: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     dq, dk, dv, dbias = get_backend(OP, backend).fn.backward(
         dout, q, k, v, out, lse, kv_lens, key_padding_mask, attn_bias, dropout_keep, scale, dropout_p, bias_grad)
-    return dq, dk, dv, dbias if dbias is not None else q.new_empty(0)
+    dbias = dbias.contiguous() if dbias is not None else q.new_empty(0)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), dbias
 
 
 @_cross_attention_backward_op.register_fake
 def _(dout, q, k, v, out, lse, kv_lens, key_padding_mask, attn_bias, dropout_keep, scale, dropout_p, bias_grad, backend):
     dbias = attn_bias.new_empty(attn_bias.shape) if bias_grad else q.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias
 
 
 def _setup_context(ctx, inputs, output):
@@ -413,7 +513,8 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, kv_len
 
     Returns:
         (B, Hq, Lq, Dh) in q's dtype, or ``(out, weights)`` with ``return_weights``. Rows whose keys
-        are all masked give zeros, with zero gradients.
+        are all masked give zeros, with zero gradients. Under ``torch.autocast`` q, k, v are cast to
+        the autocast dtype first (as SDPA); ``attn_bias`` keeps its dtype.
 
     Equivalent to::
 
@@ -422,6 +523,9 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, kv_len
         s = s.masked_fill(padding[:, None, None, :], -inf)        # padding from kv_lens | key_padding_mask
         out = torch.softmax(s, -1).nan_to_num(0) @ v             # all-masked rows -> 0
     """
+    if isinstance(q, torch.Tensor) and torch.is_autocast_enabled(q.device.type):
+        low = torch.get_autocast_dtype(q.device.type)  # like SDPA: attention runs in autocast's dtype
+        q, k, v = (t.to(low) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in (q, k, v))
     _validate(q, k, v, kv_lens, key_padding_mask, attn_bias, dropout_p)
     b, hq, lq, dh = q.shape
     scale = float(dh ** -0.5 if scale is None else scale)

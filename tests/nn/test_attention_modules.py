@@ -167,3 +167,14 @@ def test_bidirectional_block(norm_first):
     assert not a.grad.isnan().any() and not v.grad.isnan().any()
     fast = block(a, v, a_lens=a_lens, v_lens=v_lens)
     assert_close(fast[0], a_out) and assert_close(fast[1], v_out)
+
+
+def test_modules_compile_fullgraph():
+    from helpers import check_compiles
+
+    m = CrossModalAttention(E, H, kdim=12, vdim=12)
+    block = BidirectionalCrossAttention(E, H, visual_dim=12)
+    q, k = torch.randn(2, 5, E), torch.randn(2, 9, 12)
+    lens = torch.tensor([9, 3])
+    check_compiles(lambda q, k: m(q, k, k, kv_lens=lens, need_weights=False)[0], q, k)
+    check_compiles(lambda a, v: block(a, v, v_lens=lens)[0], q, k)
