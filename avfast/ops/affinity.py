@@ -88,17 +88,20 @@ def _select_k(scores: torch.Tensor, index: torch.Tensor, allowed: torch.Tensor |
     """The k best (value desc, index asc) of rows whose columns are in ascending index order.
 
     scores (R, M), index (R, M) or (M,), allowed (R, M) bool or None; every row has >= k allowed.
-    topk finds the k-th value; among entries equal to it the lowest indices are kept.
+    topk finds the k-th value; when entries tie with it, the lowest indices among them are kept.
     """
+    keyed = scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))
+    top, pos = keyed.topk(k, dim=-1)
+    kth = top[:, -1:]
+    index = index.expand_as(scores) if index.dim() == 1 else index
+    if not (torch.isinf(kth).any() or ((keyed >= kth).sum(-1) > k).any()):   # nothing ties with the k-th
+        return sort_topk(top, index.gather(-1, pos), k)
     ok = torch.ones_like(scores, dtype=torch.bool) if allowed is None else allowed
-    keyed = scores.masked_fill(~ok, float("-inf"))
-    kth = keyed.topk(k, dim=-1).values[:, -1:]
     above = (keyed > kth) & ok
     tie = (keyed == kth) & ok
     need = k - above.sum(-1, keepdim=True)
     take = above | (tie & (tie.cumsum(-1) <= need))
     pos = take.nonzero()[:, 1].view(scores.shape[0], k)
-    index = index.expand_as(scores) if index.dim() == 1 else index
     values, chosen = scores.gather(-1, pos), index.gather(-1, pos)
     order = values.sort(dim=-1, descending=True, stable=True).indices
     return values.gather(-1, order), chosen.gather(-1, order)

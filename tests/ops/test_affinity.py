@@ -121,6 +121,18 @@ def test_backend_gradients(backend, metric):
         assert_close(a.grad, b.grad, **tol(torch.float32, 10), msg=f"grad of {name}")
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])   # too big for the interpreter
+@pytest.mark.parametrize("fast", [None, torch.bfloat16])
+def test_many_row_and_column_blocks(backend, fast):
+    """Several row tasks and column blocks of the fused CPU kernel, odd sizes, every metric."""
+    x, y = inputs((1, 70, 33), (1, 2100, 33))
+    for metric in A.METRICS:
+        vals, idx = affinity_topk(x, y, 7, metric=metric, compute_dtype=fast, backend=backend)
+        check_topk(vals, idx, x, y, 7, metric, exact_indices=fast is None)
+    vals, idx = affinity_topk(y, None, 3, exclude_self=True, backend=backend)
+    check_topk(vals, idx, y, y, 3, "cosine", exclude_self=True)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batched_equals_per_group(backend):
     x, y = inputs((3, 17, 8), (3, 45, 8))
