@@ -38,33 +38,27 @@ def _recall(indices, exact):
     return (indices.unsqueeze(-1) == exact.unsqueeze(-2)).any(-1).float().mean().item()
 
 
-PROVIDERS = {
-    "torch mm+topk": lambda x, y: _mm_topk(x, y),
-    "avfast cpp": lambda x, y: affinity_topk(x, y, K, backend="cpp"),
-    "avfast cpp bf16 search": lambda x, y: affinity_topk(x, y, K, backend="cpp", compute_dtype=torch.bfloat16),
-    "avfast torch (blocked reference)": lambda x, y: affinity_topk(x, y, K, backend="torch"),
-}
+def _avfast(backend, compute_dtype=None):
+    return lambda x, y: affinity_topk(x, y, K, backend=backend, compute_dtype=compute_dtype)
 
 
-@pytest.mark.parametrize("provider", list(PROVIDERS))
-def test_affinity_vs_mm_topk(benchmark, provider):
+FP32 = f"affinity_topk cosine B=N={B} D={D} k={K} fp32 in"
+BF16 = f"affinity_topk cosine B=N={B} D={D} k={K} bf16 GEMM"
+# (group, provider, fn, baseline): each group times avfast against its baseline in the same run
+CASES = [
+    (FP32, "torch mm+topk", _mm_topk, True),
+    (FP32, "avfast cpp", _avfast("cpp"), False),
+    (FP32, "avfast cpp bf16 search", _avfast("cpp", torch.bfloat16), False),
+    (FP32, "avfast torch (blocked reference)", _avfast("torch"), False),
+    (BF16, "torch bf16 mm+topk", lambda x, y: _mm_topk(x, y, torch.bfloat16), True),
+    (BF16, "avfast cpp bf16 search", _avfast("cpp", torch.bfloat16), False),
+]
+
+
+@pytest.mark.parametrize("group, provider, fn, baseline", CASES, ids=[f"{'bf16' if g == BF16 else 'fp32'}-{p}" for g, p, _, _ in CASES])
+def test_affinity_vs_mm_topk(benchmark, group, provider, fn, baseline):
     x, y = _problem(B, D)
-    out = run(benchmark, PROVIDERS[provider], x, y, group=f"affinity_topk cosine B=N={B} D={D} k={K} fp32 in",
-              provider=provider, baseline=provider == "torch mm+topk", items=B, unit="rows")
-    benchmark.extra_info["recall_at_k"] = _recall(out[1], _mm_topk(x, y).indices)
-
-
-BF16_TWINS = {
-    "torch bf16 mm+topk": lambda x, y: _mm_topk(x, y, torch.bfloat16),
-    "avfast cpp bf16 search": PROVIDERS["avfast cpp bf16 search"],
-}
-
-
-@pytest.mark.parametrize("provider", list(BF16_TWINS))
-def test_affinity_bf16_twins(benchmark, provider):
-    x, y = _problem(B, D)
-    out = run(benchmark, BF16_TWINS[provider], x, y, group=f"affinity_topk cosine B=N={B} D={D} k={K} bf16 GEMM",
-              provider=provider, baseline=provider == "torch bf16 mm+topk", items=B, unit="rows")
+    out = run(benchmark, fn, x, y, group=group, provider=provider, baseline=baseline, items=B, unit="rows")
     benchmark.extra_info["recall_at_k"] = _recall(out[1], _mm_topk(x, y).indices)
 
 
