@@ -192,7 +192,7 @@ def _normalize_backward(v: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 def scores_backward(x, y, idx, grad_values, metric: str):
     """Gradients (x (G, B, D), y (G, N, D)) of sum(grad_values * pair_scores(x, y, idx, metric)).
 
-    Dense torch ops over the B k selected pairs; the scatter into y's rows is a scatter_add.
+    Dense torch ops over the B k selected pairs; the sum into y's rows is an index_add_.
     """
     wd = work_dtype(x.dtype)
     a, b, g = x.to(wd), y.to(wd), grad_values.to(wd).unsqueeze(-1)
@@ -205,9 +205,12 @@ def scores_backward(x, y, idx, grad_values, metric: str):
     else:
         grad_a, grad_picked = (g * picked).sum(2), g * a.unsqueeze(2)
     G, B, k = idx.shape
-    D = b.shape[-1]
-    grad_b = torch.zeros_like(b).scatter_add_(1, idx.reshape(G, B * k, 1).expand(G, B * k, D),
-                                              grad_picked.reshape(G, B * k, D))
+    N, D = b.shape[1:]
+    # index_add_ (not a 3-D scatter_add_): serial on CPU, deterministic on CUDA under
+    # torch.use_deterministic_algorithms(True), atomics otherwise.
+    rows = (idx + N * torch.arange(G, device=idx.device).view(G, 1, 1)).reshape(-1)
+    grad_b = torch.zeros(G * N, D, dtype=b.dtype, device=b.device).index_add_(0, rows, grad_picked.reshape(-1, D))
+    grad_b = grad_b.view(G, N, D)
     if metric == "cosine":
         grad_a, grad_b = _normalize_backward(x.to(wd), grad_a), _normalize_backward(y.to(wd), grad_b)
     return grad_a.to(x.dtype), grad_b.to(y.dtype)
@@ -272,8 +275,8 @@ def _cpp_check(*tensors, k=1, **_):
 @register_backend("affinity_topk", "cpp", priority=20, devices=("cpu",),
                   dtypes=(torch.float32, torch.float16, torch.bfloat16), autograd=True,
                   available=cpp_op("affinity_topk_cpu"), check=_cpp_check,
-                  description="blocked GEMM (at::mm on row x column blocks) + per-row running top-k heap, "
-                              "parallel over row blocks; optional bf16 search + fp32 re-rank")
+                  description="blocked GEMM (at::mm on 512 x 1024 blocks) + per-row running top-k (AVX-512 filter, "
+                              "nth_element buffer), parallel over row blocks; optional bf16 search + fp32 re-rank")
 def _affinity_cpp(x, y, k, metric, exclude_self, compute_dtype):
     a, b, bias = scoring_operands(x, y, metric)
     empty = a.new_empty(0)
