@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from avfast._backend import FLOAT_DTYPES, cpp_op, cuda_op, register_backend, select, triton_backend
 
-__all__ = ["affinity_topk", "affinity_topk_reference", "METRICS", "WEIGHTS", "MAX_K"]
+__all__ = ["affinity_topk", "affinity_topk_reference"]
 
 METRICS = ("cosine", "dot", "neg_l2")
 WEIGHTS = ("softmax", "exp_softmax")
