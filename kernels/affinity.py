@@ -21,7 +21,7 @@ import triton.language as tl
 from avfast.kernels.utils import interpreting, next_pow2
 
 MAX_TRITON_K = 128
-_BIG = 2**31 - 1
+_BIG = tl.constexpr(2**31 - 1)   # "no column" (Triton reads globals only as constexpr)
 _MERGE_ELEMS = 8192   # candidates one merge program holds (rows x padded splits * k)
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from avfast._backend import FLOAT_DTYPES, cpp_op, cuda_op, register_backend, select, triton_backend
 
-__all__ = ["affinity_topk", "affinity_topk_reference", "METRICS", "WEIGHTS", "MAX_K"]
+__all__ = ["affinity_topk", "affinity_topk_reference"]
 
 METRICS = ("cosine", "dot", "neg_l2")
 WEIGHTS = ("softmax", "exp_softmax")
@@ -88,17 +88,20 @@ def _select_k(scores: torch.Tensor, index: torch.Tensor, allowed: torch.Tensor |
     """The k best (value desc, index asc) of rows whose columns are in ascending index order.
 
     scores (R, M), index (R, M) or (M,), allowed (R, M) bool or None; every row has >= k allowed.
-    topk finds the k-th value; among entries equal to it the lowest indices are kept.
+    topk finds the k-th value; when entries tie with it, the lowest indices among them are kept.
     """
+    keyed = scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))
+    top, pos = keyed.topk(k, dim=-1)
+    kth = top[:, -1:]
+    index = index.expand_as(scores) if index.dim() == 1 else index
+    if not (torch.isinf(kth).any() or ((keyed >= kth).sum(-1) > k).any()):   # nothing ties with the k-th
+        return sort_topk(top, index.gather(-1, pos), k)
     ok = torch.ones_like(scores, dtype=torch.bool) if allowed is None else allowed
-    keyed = scores.masked_fill(~ok, float("-inf"))
-    kth = keyed.topk(k, dim=-1).values[:, -1:]
     above = (keyed > kth) & ok
     tie = (keyed == kth) & ok
     need = k - above.sum(-1, keepdim=True)
     take = above | (tie & (tie.cumsum(-1) <= need))
     pos = take.nonzero()[:, 1].view(scores.shape[0], k)
-    index = index.expand_as(scores) if index.dim() == 1 else index
     values, chosen = scores.gather(-1, pos), index.gather(-1, pos)
     order = values.sort(dim=-1, descending=True, stable=True).indices
     return values.gather(-1, order), chosen.gather(-1, order)
@@ -189,7 +192,7 @@ def _normalize_backward(v: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 def scores_backward(x, y, idx, grad_values, metric: str):
     """Gradients (x (G, B, D), y (G, N, D)) of sum(grad_values * pair_scores(x, y, idx, metric)).
 
-    Dense torch ops over the B k selected pairs; the scatter into y's rows is a scatter_add.
+    Dense torch ops over the B k selected pairs; the sum into y's rows is an index_add_.
     """
     wd = work_dtype(x.dtype)
     a, b, g = x.to(wd), y.to(wd), grad_values.to(wd).unsqueeze(-1)
@@ -202,9 +205,12 @@ def scores_backward(x, y, idx, grad_values, metric: str):
     else:
         grad_a, grad_picked = (g * picked).sum(2), g * a.unsqueeze(2)
     G, B, k = idx.shape
-    D = b.shape[-1]
-    grad_b = torch.zeros_like(b).scatter_add_(1, idx.reshape(G, B * k, 1).expand(G, B * k, D),
-                                              grad_picked.reshape(G, B * k, D))
+    N, D = b.shape[1:]
+    # index_add_ (not a 3-D scatter_add_): serial on CPU, deterministic on CUDA under
+    # torch.use_deterministic_algorithms(True), atomics otherwise.
+    rows = (idx + N * torch.arange(G, device=idx.device).view(G, 1, 1)).reshape(-1)
+    grad_b = torch.zeros(G * N, D, dtype=b.dtype, device=b.device).index_add_(0, rows, grad_picked.reshape(-1, D))
+    grad_b = grad_b.view(G, N, D)
     if metric == "cosine":
         grad_a, grad_b = _normalize_backward(x.to(wd), grad_a), _normalize_backward(y.to(wd), grad_b)
     return grad_a.to(x.dtype), grad_b.to(y.dtype)
@@ -269,8 +275,8 @@ def _cpp_check(*tensors, k=1, **_):
 @register_backend("affinity_topk", "cpp", priority=20, devices=("cpu",),
                   dtypes=(torch.float32, torch.float16, torch.bfloat16), autograd=True,
                   available=cpp_op("affinity_topk_cpu"), check=_cpp_check,
-                  description="blocked GEMM (at::mm on row x column blocks) + per-row running top-k heap, "
-                              "parallel over row blocks; optional bf16 search + fp32 re-rank")
+                  description="blocked GEMM (at::mm on 512 x 1024 blocks) + per-row running top-k (AVX-512 filter, "
+                              "nth_element buffer), parallel over row blocks; optional bf16 search + fp32 re-rank")
 def _affinity_cpp(x, y, k, metric, exclude_self, compute_dtype):
     a, b, bias = scoring_operands(x, y, metric)
     empty = a.new_empty(0)

@@ -121,6 +121,18 @@ def test_backend_gradients(backend, metric):
         assert_close(a.grad, b.grad, **tol(torch.float32, 10), msg=f"grad of {name}")
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])   # too big for the interpreter
+@pytest.mark.parametrize("fast", [None, torch.bfloat16])
+def test_many_row_and_column_blocks(backend, fast):
+    """Several row tasks and column blocks of the fused CPU kernel, odd sizes, every metric."""
+    x, y = inputs((1, 70, 33), (1, 2100, 33))
+    for metric in A.METRICS:
+        vals, idx = affinity_topk(x, y, 7, metric=metric, compute_dtype=fast, backend=backend)
+        check_topk(vals, idx, x, y, 7, metric, exact_indices=fast is None)
+    vals, idx = affinity_topk(y, None, 3, exclude_self=True, backend=backend)
+    check_topk(vals, idx, y, y, 3, "cosine", exclude_self=True)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batched_equals_per_group(backend):
     x, y = inputs((3, 17, 8), (3, 45, 8))
@@ -328,3 +340,36 @@ def test_module_matches_function():
     assert "k=3" in repr(m)
     for got, want in zip(m(x, y), affinity_topk(x, y, 3, tau=2.0, aggregate=True, weights="exp_softmax")):
         assert torch.equal(got, want)
+
+
+_SM90_COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from avfast.kernels import affinity as K
+target = GPUTarget("cuda", 90, 32)
+common = dict(B="i32", N="i32", D="i32", span="i32", k="i32", stride_ag="i32", stride_am="i32", stride_bg="i32",
+              stride_bn="i32", stride_biasg="i32", bias_ptr="*fp32", out_v_ptr="*fp32", out_i_ptr="*i32")
+flags = dict(HAS_BIAS=True, EXCLUDE_SELF=True, SPLITS=2, BLOCK_M=64, BLOCK_N=128, BLOCK_D=32, K_PAD=8)
+for dt in ("fp32", "fp16", "bf16"):
+    sig = dict(common, a_ptr="*" + dt, b_ptr="*" + dt, **{name: "constexpr" for name in list(flags) + ["IEEE"]})
+    triton.compile(ASTSource(K._affinity_partial_kernel, sig, constexprs=dict(flags, IEEE=dt == "fp32")), target=target)
+sig = dict(in_v_ptr="*fp32", in_i_ptr="*i32", out_v_ptr="*fp32", out_i_ptr="*i32", B="i32", k="i32", M="i32",
+           BLOCK_M="constexpr", M_PAD="constexpr")
+triton.compile(ASTSource(K._affinity_merge_kernel, sig, constexprs=dict(BLOCK_M=64, M_PAD=128)), target=target)
+print("compiled")
+"""
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton not available")
+def test_triton_kernels_compile_for_sm90():
+    """The interpreter forgives what the GPU compiler refuses: compile both kernels for sm_90 (no GPU needed)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    proc = subprocess.run([sys.executable, "-c", _SM90_COMPILE], env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("no ptxas to compile Triton kernels for sm_90")
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
