@@ -231,6 +231,18 @@ def block_backward(x, y, scale, bias, ids: PairIds, row0: int, col0: int, log_w:
     return grad_x.mul_(scale), grad_y.mul_(scale), grad_scale, grad_bias
 
 
+def no_autocast(fn):
+    """Run ``fn`` with autocast off: tiles are computed in the accumulation dtype, whatever the context."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@no_autocast
 def forward(x, y, scale, bias, ids: PairIds, offset: int, log_w: float, smoothing: float, both: bool, kind: str,
             fused: bool = False):
     """The ``chunked`` (``cpp`` with ``fused``) backend's forward: (row_loss, col_loss, row_stats, col_stats)."""
@@ -245,6 +257,7 @@ def forward(x, y, scale, bias, ids: PairIds, offset: int, log_w: float, smoothin
     return row_loss, col_loss, row_stats, col_stats
 
 
+@no_autocast
 def backward(g_row, g_col, x, y, scale, bias, ids: PairIds, row_stats, col_stats, offset: int, log_w: float,
              smoothing: float, both: bool, kind: str, fused: bool = False):
     """The ``chunked`` (``cpp`` with ``fused``) backend's backward: (grad_x, grad_y, grad_scale, grad_bias)."""

@@ -51,11 +51,12 @@ def _nll_rows(logits, diag, removed, smoothing: float):
     return loss
 
 
+@chunked.no_autocast
 def _reference_directional(x, y, scale, bias, x_pos, y_pos, x_src, y_src, offset: int, log_w: float,
                            smoothing: float, both: bool, kind: str):
     """Full-logits losses of rows of ``x`` (M, D) vs columns ``y`` (N, D): (row (M,), col (N,) or (0,)).
 
-    Row i's positive is column ``offset + i``. Computed in float32 (float64 for float64 inputs).
+    Row i's positive is column ``offset + i``. Computed in float32 (float64 for float64 inputs), autocast off.
     """
     acc = torch.promote_types(x.dtype, torch.float32)
     logits = scale.to(acc) * (x.to(acc) @ y.to(acc).T)

@@ -226,6 +226,22 @@ def test_deterministic(backend):
                                                                source_weight=2.0, backend=backend), a, b)
 
 
+@pytest.mark.parametrize("backend", ["torch", "chunked", "cpp"])
+def test_autocast_keeps_input_dtype_and_returns_float32(backend):
+    if backend not in BACKENDS:
+        pytest.skip(f"{backend} not available")
+    a, b, src, _ = _inputs(b=12, d=8, dtype=torch.float32)
+    proj = torch.nn.Linear(8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x, y = proj(a), proj(b)  # bf16 under autocast
+        loss = contrastive_loss(x, y, source_ids=src, source_weight=2.0, backend=backend)
+    assert x.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    ref = contrastive_loss_reference(x.float(), y.float(), source_ids=src, source_weight=2.0)
+    helpers.assert_close(loss, ref, **helpers.tol(torch.bfloat16))
+    loss.backward()
+    assert proj.weight.grad is not None and torch.isfinite(proj.weight.grad).all()
+
+
 def test_logit_scale_clamped_and_gradient():
     a, b, _, _ = _inputs(dtype=torch.float32)
     big = torch.tensor(10.0, requires_grad=True)  # exp(10) > 100: clamped
