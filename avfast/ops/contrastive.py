@@ -285,7 +285,7 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, *, tau: float = 0.07, log
     r"""Contrastive loss between paired embeddings with same-source hard negatives.
 
     .. devices:: CPU CUDA
-    .. properties:: Autograd TorchCompile (gather="none" / "all_gather")
+    .. properties:: Autograd TorchCompile (gather="none"; the gather modes run eagerly)
 
     Row i of ``a`` is paired with row i of ``b`` (its only positive). With logits
     ``L = s * a @ b.T`` (``s = 1 / tau``, or ``exp(logit_scale)`` clamped to ``max_logit_scale``):
