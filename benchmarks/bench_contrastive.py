@@ -1,10 +1,11 @@
 """CPU benchmarks of avfast.ops.contrastive_loss: fwd + bwd time and peak memory.
 
-- speed: ``chunked`` vs the full-logits ``torch`` reference (the open_clip-style baseline), float32,
-  symmetric InfoNCE with same-source hard negatives, B = 4096, D = 512 (quick: B = 1024).
-- memory: peak RSS of a fresh process running fwd + bwd. ``torch`` vs ``chunked`` at B = 8192, and
-  ``chunked`` alone at B = 65,536 (the reference would need > 30 GB there). The big runs take
-  minutes on 2 cores: they run only with AVFAST_RUN_SLOW=1.
+- speed: ``chunked`` and ``cpp`` (chunks + C++ tile kernels) vs the full-logits ``torch`` reference
+  (the open_clip-style baseline), float32, symmetric InfoNCE with same-source hard negatives,
+  B = 4096, D = 512 (quick: B = 1024).
+- memory: peak RSS of a fresh process running fwd + bwd: ``torch`` vs ``cpp`` at B = 8192, and
+  ``cpp`` (``chunked`` if not built) alone at B = 65,536 (the reference would need > 30 GB there).
+  The big runs take minutes on 2 cores: they run only with AVFAST_RUN_SLOW=1.
 
     AVFAST_RUN_SLOW=1 python -m avfast.cli bench contrastive
 """
@@ -18,6 +19,12 @@ from avfast.ops import contrastive_loss
 
 SLOW = os.environ.get("AVFAST_RUN_SLOW") == "1"
 B, D = size(4096, 1024), 512
+
+
+def _has_cpp():
+    from avfast import available_backends
+
+    return "cpp" in available_backends("contrastive_loss")
 
 
 def _problem(b, d, seed=0):
@@ -35,8 +42,10 @@ def _step(backend, a, b, src):
     return loss
 
 
-@pytest.mark.parametrize("backend", ["torch", "chunked"])
+@pytest.mark.parametrize("backend", ["torch", "chunked", "cpp"])
 def test_fwd_bwd(benchmark, backend):
+    if backend == "cpp" and not _has_cpp():
+        pytest.skip("avfast._C without the contrastive tile kernels")
     a, b, src = _problem(B, D)
     run(benchmark, _step, backend, a, b, src, group=f"contrastive fwd+bwd B={B} D={D} fp32", provider=backend,
         baseline=backend == "torch", items=B, unit="rows")
@@ -77,13 +86,15 @@ def _memory(benchmark, backend, b, d):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SLOW, reason="memory runs: set AVFAST_RUN_SLOW=1")
-@pytest.mark.parametrize("backend", ["torch", "chunked"])
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
 def test_peak_memory_8k(benchmark, backend):
+    if backend == "cpp" and not _has_cpp():
+        pytest.skip("avfast._C without the contrastive tile kernels")
     _memory(benchmark, backend, 8192, D)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SLOW, reason="memory run (minutes on 2 cores): set AVFAST_RUN_SLOW=1")
-def test_peak_memory_65k_chunked(benchmark):
-    out = _memory(benchmark, "chunked", 65536, D)
+def test_peak_memory_65k(benchmark):
+    out = _memory(benchmark, "cpp" if _has_cpp() else "chunked", 65536, D)
     assert out["peak_bytes"] < 3 * 2**30, f"peak RSS {out['peak_bytes'] / 2**30:.2f} GiB >= 3 GiB"

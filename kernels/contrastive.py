@@ -92,6 +92,26 @@ def _load_rows(ptr, idx, mask, stride, offs_d, dmask):
 
 
 @triton.jit
+def _load_block(ptr, start, n, stride, offs_d, dmask, BLOCK: tl.constexpr):
+    """Rows ``start .. start + BLOCK`` of ``ptr`` (n, D): (idx, mask, tile), zeros past the end."""
+    idx = start + tl.arange(0, BLOCK)
+    mask = idx < n
+    return idx, mask, _load_rows(ptr, idx, mask, stride, offs_d, dmask)
+
+
+@triton.jit
+def _block_start(ptr, pid, n, stride, D, scale_ptr, bias_ptr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+                 BLOCK_D: tl.constexpr):
+    """This program's block of rows of ``ptr`` and the scalars: (idx, mask, offs_d, dmask, tile, scale, bias)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    idx, mask, tile = _load_block(ptr, pid * BLOCK, n, stride, offs_d, dmask, BLOCK)
+    scale = tl.load(scale_ptr)
+    bias = tl.load(bias_ptr) if HAS_BIAS else 0.0
+    return idx, mask, offs_d, dmask, tile, scale, bias
+
+
+@triton.jit
 def _load_dir(g_ptr, stats_ptr, idx, mask):
     g = tl.load(g_ptr + idx, mask=mask, other=0.0)
     lse = tl.load(stats_ptr + idx * 2, mask=mask, other=0.0)
@@ -106,22 +126,15 @@ def _contrastive_fwd_kernel(x_ptr, y_ptr, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr
                             SIGLIP: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """loss_i = lse_j z_ij - (1 - eps) z_ii - eps mean_valid_j z_ij (InfoNCE) | sum_j softplus(-+z_ij) w_ij."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < M
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < D
-    x = _load_rows(x_ptr, rows, rmask, stride_x, offs_d, dmask)
-    scale = tl.load(scale_ptr)
-    bias = tl.load(bias_ptr) if HAS_BIAS else 0.0
+    rows, rmask, offs_d, dmask, x, scale, bias = _block_start(x_ptr, tl.program_id(0), M, stride_x, D, scale_ptr,
+                                                              bias_ptr, HAS_BIAS, BLOCK_M, BLOCK_D)
     m = tl.full((BLOCK_M,), _NEG, tl.float32)
     l = tl.zeros((BLOCK_M,), tl.float32)
     pos = tl.zeros((BLOCK_M,), tl.float32)
     tot = tl.zeros((BLOCK_M,), tl.float32)
     cnt = tl.zeros((BLOCK_M,), tl.float32)
     for c0 in range(0, N, BLOCK_N):
-        cols = c0 + tl.arange(0, BLOCK_N)
-        cmask = cols < N
-        y = _load_rows(y_ptr, cols, cmask, stride_y, offs_d, dmask)
+        cols, cmask, y = _load_block(y_ptr, c0, N, stride_y, offs_d, dmask, BLOCK_N)
         z, diag, keep, weight = _tile(x, y, rows, cols, rmask, cmask, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr,
                                       scale, bias, src_term, ROW0, HAS_POS, HAS_SRC, SIGLIP, PREC)
         if SIGLIP:
@@ -152,20 +165,13 @@ def _contrastive_dx_kernel(x_ptr, y_ptr, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """dx_i = sum_j dz_ij y_j (unscaled); dbias[block] = sum of dz over the block's rows."""
     pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < M
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < D
-    x = _load_rows(x_ptr, rows, rmask, stride_x, offs_d, dmask)
-    scale = tl.load(scale_ptr)
-    bias = tl.load(bias_ptr) if HAS_BIAS else 0.0
+    rows, rmask, offs_d, dmask, x, scale, bias = _block_start(x_ptr, pid, M, stride_x, D, scale_ptr, bias_ptr,
+                                                              HAS_BIAS, BLOCK_M, BLOCK_D)
     g_r, lse_r, cnt_r = _load_dir(gr_ptr, rstats_ptr, rows, rmask)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     bsum = tl.zeros((BLOCK_M,), tl.float32)
     for c0 in range(0, N, BLOCK_N):
-        cols = c0 + tl.arange(0, BLOCK_N)
-        cmask = cols < N
-        y = _load_rows(y_ptr, cols, cmask, stride_y, offs_d, dmask)
+        cols, cmask, y = _load_block(y_ptr, c0, N, stride_y, offs_d, dmask, BLOCK_N)
         z, diag, keep, weight = _tile(x, y, rows, cols, rmask, cmask, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr,
                                       scale, bias, src_term, ROW0, HAS_POS, HAS_SRC, SIGLIP, PREC)
         if BOTH:
@@ -186,13 +192,8 @@ def _contrastive_dy_kernel(x_ptr, y_ptr, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr,
                            HAS_BIAS: tl.constexpr, SIGLIP: tl.constexpr, BOTH: tl.constexpr, PREC: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """dy_j = sum_i dz_ij x_i (unscaled), one program per block of columns."""
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cmask = cols < N
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < D
-    y = _load_rows(y_ptr, cols, cmask, stride_y, offs_d, dmask)
-    scale = tl.load(scale_ptr)
-    bias = tl.load(bias_ptr) if HAS_BIAS else 0.0
+    cols, cmask, offs_d, dmask, y, scale, bias = _block_start(y_ptr, tl.program_id(0), N, stride_y, D, scale_ptr,
+                                                              bias_ptr, HAS_BIAS, BLOCK_N, BLOCK_D)
     g_c = tl.zeros((BLOCK_N,), tl.float32)
     lse_c = tl.zeros((BLOCK_N,), tl.float32)
     cnt_c = tl.zeros((BLOCK_N,), tl.float32) + 1.0
@@ -200,9 +201,7 @@ def _contrastive_dy_kernel(x_ptr, y_ptr, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr,
         g_c, lse_c, cnt_c = _load_dir(gc_ptr, cstats_ptr, cols, cmask)
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     for r0 in range(0, M, BLOCK_M):
-        rows = r0 + tl.arange(0, BLOCK_M)
-        rmask = rows < M
-        x = _load_rows(x_ptr, rows, rmask, stride_x, offs_d, dmask)
+        rows, rmask, x = _load_block(x_ptr, r0, M, stride_x, offs_d, dmask, BLOCK_M)
         z, diag, keep, weight = _tile(x, y, rows, cols, rmask, cmask, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr,
                                       scale, bias, src_term, ROW0, HAS_POS, HAS_SRC, SIGLIP, PREC)
         g_r, lse_r, cnt_r = _load_dir(gr_ptr, rstats_ptr, rows, rmask)

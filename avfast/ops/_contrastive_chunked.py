@@ -13,7 +13,9 @@ Partials of several blocks merge with ``merge_parts`` and turn into losses with 
 """
 from __future__ import annotations
 
+import functools
 import math
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
@@ -53,7 +55,7 @@ class _Tile(NamedTuple):
 def _tile(x, y, scale, bias, ids: PairIds, row0, col0, log_w, kind) -> _Tile:
     """Logits of one chunk of rows against the column block, with the ids rules applied."""
     c, n = x.shape[0], y.shape[0]
-    logits = torch.mm(x, y.T).mul_(scale)
+    logits = torch.mm(x * scale, y.T)
     rows = torch.arange(row0, row0 + c, device=x.device)
     inside = (rows >= col0) & (rows < col0 + n)
     di = inside.nonzero().squeeze(1)
@@ -117,10 +119,11 @@ def _infonce_parts(t: _Tile, dim: int, smoothing: float) -> torch.Tensor:
 
 
 def block_forward(x, y, scale, bias, ids: PairIds, row0: int, col0: int, log_w: float, smoothing: float,
-                  kind: str, both: bool):
+                  kind: str, both: bool, fused: bool = False):
     """Partials of rows of ``x`` (M, D) against the block ``y`` (N, D): (M, 4) and (N, 4) or None.
 
     ``x``/``y`` are float32 (or float64); ``scale`` a 0-d tensor; ``bias`` a 0-d tensor or None.
+    ``fused``: InfoNCE tiles through the C++ kernels ``avfast_C::contrastive_tile_*_cpu`` (float32).
     """
     m, n = x.shape[0], y.shape[0]
     row_parts = x.new_zeros(m, PARTS)
@@ -132,6 +135,12 @@ def block_forward(x, y, scale, bias, ids: PairIds, row0: int, col0: int, log_w: 
     step = chunk_rows(n, m)
     for r0 in range(0, m, step):
         r1 = min(m, r0 + step)
+        if fused:
+            z, c = torch.mm(x[r0:r1] * scale, y.T), ids.rows(r0, r1)
+            row_parts[r0:r1], p = torch.ops.avfast_C.contrastive_tile_fwd_cpu(
+                z, c.x_pos, c.y_pos, c.x_src, c.y_src, row0 + r0 - col0, log_w, both)
+            col_parts = merge_parts(col_parts, p, kind) if both else None
+            continue
         t = _tile(x[r0:r1], y, scale, bias, ids.rows(r0, r1), row0 + r0, col0, log_w, kind)
         if kind == "infonce":
             row_parts[r0:r1] = _infonce_parts(t, 1, smoothing)
@@ -178,8 +187,20 @@ def _infonce_grad(t: _Tile, g, stats, dim: int, smoothing: float) -> torch.Tenso
     return d
 
 
+def _tile_grad(x, y, scale, bias, ids, row0, col0, log_w, smoothing, kind, g_row, row_stats, g_col, col_stats):
+    """d (sum g_row * row_loss [+ sum g_col * col_loss]) / d logits of one chunk (torch ops)."""
+    t = _tile(x, y, scale, bias, ids, row0, col0, log_w, kind)
+    if kind == "siglip":
+        d = _siglip(t, log_w, derivative=True)
+        return d.mul_(g_row[:, None] if g_col is None else g_row[:, None] + g_col[None, :])
+    d = _infonce_grad(t, g_row, row_stats, 1, smoothing)
+    if g_col is not None:
+        d += _infonce_grad(t, g_col, col_stats, 0, smoothing)
+    return d
+
+
 def block_backward(x, y, scale, bias, ids: PairIds, row0: int, col0: int, log_w: float, smoothing: float,
-                   kind: str, g_row, row_stats, g_col=None, col_stats=None):
+                   kind: str, g_row, row_stats, g_col=None, col_stats=None, fused: bool = False):
     """Gradients of ``sum(g_row * row_loss) [+ sum(g_col * col_loss)]`` over one block.
 
     Returns (grad_x (M, D), grad_y (N, D), grad_scale 0-d, grad_bias 0-d), float32. The column
@@ -193,16 +214,16 @@ def block_backward(x, y, scale, bias, ids: PairIds, row0: int, col0: int, log_w:
     step = chunk_rows(n, m)
     for r0 in range(0, m, step):
         r1 = min(m, r0 + step)
-        t = _tile(x[r0:r1], y, scale, bias, ids.rows(r0, r1), row0 + r0, col0, log_w, kind)
-        if kind == "infonce":
-            d = _infonce_grad(t, g_row[r0:r1], row_stats[r0:r1], 1, smoothing)
-            if g_col is not None:
-                d += _infonce_grad(t, g_col, col_stats, 0, smoothing)
+        if fused:
+            z, c = torch.mm(x[r0:r1] * scale, y.T), ids.rows(r0, r1)
+            d = torch.ops.avfast_C.contrastive_tile_bwd_cpu(
+                z, c.x_pos, c.y_pos, c.x_src, c.y_src, row0 + r0 - col0, log_w, smoothing, g_row[r0:r1],
+                row_stats[r0:r1], g_col, col_stats)
         else:
-            d = _siglip(t, log_w, derivative=True)
-            weight = g_row[r0:r1, None] if g_col is None else g_row[r0:r1, None] + g_col[None, :]
-            d.mul_(weight)
-            grad_bias += d.sum()
+            d = _tile_grad(x[r0:r1], y, scale, bias, ids.rows(r0, r1), row0 + r0, col0, log_w, smoothing, kind,
+                           g_row[r0:r1], row_stats[r0:r1], g_col, col_stats)
+            if kind == "siglip":
+                grad_bias += d.sum()
         gx = torch.mm(d, y)
         grad_scale += (gx * x[r0:r1]).sum()
         grad_x[r0:r1] = gx
@@ -210,11 +231,24 @@ def block_backward(x, y, scale, bias, ids: PairIds, row0: int, col0: int, log_w:
     return grad_x.mul_(scale), grad_y.mul_(scale), grad_scale, grad_bias
 
 
-def forward(x, y, scale, bias, ids: PairIds, offset: int, log_w: float, smoothing: float, both: bool, kind: str):
-    """The ``chunked`` backend's forward: (row_loss, col_loss, row_stats, col_stats), float32."""
+def no_autocast(fn):
+    """Run ``fn`` with autocast off: tiles are computed in the accumulation dtype, whatever the context."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@no_autocast
+def forward(x, y, scale, bias, ids: PairIds, offset: int, log_w: float, smoothing: float, both: bool, kind: str,
+            fused: bool = False):
+    """The ``chunked`` (``cpp`` with ``fused``) backend's forward: (row_loss, col_loss, row_stats, col_stats)."""
     x32, y32 = _acc(x), _acc(y)
     row_parts, col_parts = block_forward(x32, y32, scale.to(x32.dtype), _opt(bias, x32), ids, offset, 0,
-                                         log_w, smoothing, kind, both)
+                                         log_w, smoothing, kind, both, fused)
     row_loss, row_stats = finish_parts(row_parts, smoothing, kind)
     if both:
         col_loss, col_stats = finish_parts(col_parts, smoothing, kind)
@@ -223,13 +257,14 @@ def forward(x, y, scale, bias, ids: PairIds, offset: int, log_w: float, smoothin
     return row_loss, col_loss, row_stats, col_stats
 
 
+@no_autocast
 def backward(g_row, g_col, x, y, scale, bias, ids: PairIds, row_stats, col_stats, offset: int, log_w: float,
-             smoothing: float, both: bool, kind: str):
-    """The ``chunked`` backend's backward: (grad_x, grad_y, grad_scale, grad_bias)."""
+             smoothing: float, both: bool, kind: str, fused: bool = False):
+    """The ``chunked`` (``cpp`` with ``fused``) backend's backward: (grad_x, grad_y, grad_scale, grad_bias)."""
     x32, y32 = _acc(x), _acc(y)
     gx, gy, gs, gb = block_backward(x32, y32, scale.to(x32.dtype), _opt(bias, x32), ids, offset, 0, log_w,
                                     smoothing, kind, g_row.to(x32.dtype), row_stats,
-                                    g_col.to(x32.dtype) if both else None, col_stats if both else None)
+                                    g_col.to(x32.dtype) if both else None, col_stats if both else None, fused)
     return gx.to(x.dtype), gy.to(y.dtype), gs.to(scale.dtype), gb
 
 
@@ -240,3 +275,7 @@ def _acc(t: torch.Tensor) -> torch.Tensor:
 
 def _opt(t, like):
     return None if t is None else t.to(like.dtype)
+
+
+# The ``cpp`` backend: the same chunk loop with the C++ tile kernels (InfoNCE, float32 accumulation).
+CPP = SimpleNamespace(forward=functools.partial(forward, fused=True), backward=functools.partial(backward, fused=True))

@@ -92,17 +92,22 @@ def _block_ids(x_pos, x_src, blk: list[torch.Tensor], has_pos: bool) -> PairIds:
     return PairIds(x_pos, y_pos, x_src, y_src)
 
 
+def _ring_start(x, y, scale, bias, pos, src, group):
+    """(rank, size, x, scale, bias in the accumulation dtype, this rank's key block [y, pos?, src?])."""
+    rank, size = world(group)
+    x32 = chunked._acc(x)
+    b = None if bias is None else bias.to(x32.dtype)
+    return rank, size, x32, scale.to(x32.dtype), b, [chunked._acc(y)] + [t for t in (pos, src) if t is not None]
+
+
 class RingContrastive(torch.autograd.Function):
     """Row losses of this rank's ``x`` (B, D) against every rank's ``y`` blocks, passed around a ring."""
 
     @staticmethod
+    @chunked.no_autocast
     def forward(ctx, x, y, scale, bias, pos, src, log_w, smoothing, kind, group):
-        rank, size = world(group)
-        x32, y32 = chunked._acc(x), chunked._acc(y)
-        s = scale.to(x32.dtype)
-        b = None if bias is None else bias.to(x32.dtype)
+        rank, size, x32, s, b, blk = _ring_start(x, y, scale, bias, pos, src, group)
         n = x.shape[0]
-        blk = [y32] + [t for t in (pos, src) if t is not None]
         parts = None
         for step in range(size):
             col0 = ((rank - step) % size) * n
@@ -117,16 +122,13 @@ class RingContrastive(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @chunked.no_autocast
     def backward(ctx, g):
         x, y, scale, bias, pos, src, stats = ctx.saved_tensors
         log_w, smoothing, kind, group = ctx.settings
-        rank, size = world(group)
-        x32, y32 = chunked._acc(x), chunked._acc(y)
-        s = scale.to(x32.dtype)
-        b = None if bias is None else bias.to(x32.dtype)
+        rank, size, x32, s, b, blk = _ring_start(x, y, scale, bias, pos, src, group)
         n = x.shape[0]
-        blk = [y32] + [t for t in (pos, src) if t is not None]
-        g_travel = torch.zeros_like(y32)
+        g_travel = torch.zeros_like(blk[0])
         gx = torch.zeros_like(x32)
         gs, gb = x32.new_zeros(()), x32.new_zeros(())
         for step in range(size):

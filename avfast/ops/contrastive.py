@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from avfast._backend import register_backend, select, triton_backend
+from avfast._backend import cpp_op, register_backend, select, triton_backend
 from avfast.ops import _contrastive_chunked as chunked
 from avfast.ops._contrastive_chunked import PairIds
 
@@ -51,11 +51,12 @@ def _nll_rows(logits, diag, removed, smoothing: float):
     return loss
 
 
+@chunked.no_autocast
 def _reference_directional(x, y, scale, bias, x_pos, y_pos, x_src, y_src, offset: int, log_w: float,
                            smoothing: float, both: bool, kind: str):
     """Full-logits losses of rows of ``x`` (M, D) vs columns ``y`` (N, D): (row (M,), col (N,) or (0,)).
 
-    Row i's positive is column ``offset + i``. Computed in float32 (float64 for float64 inputs).
+    Row i's positive is column ``offset + i``. Computed in float32 (float64 for float64 inputs), autocast off.
     """
     acc = torch.promote_types(x.dtype, torch.float32)
     logits = scale.to(acc) * (x.to(acc) @ y.to(acc).T)
@@ -94,11 +95,13 @@ def _impl(backend: str):
     """The module holding ``forward``/``backward`` of a fused backend."""
     if backend == "chunked":
         return chunked
+    if backend == "cpp":
+        return chunked.CPP
     if backend == "triton":
         from avfast.kernels import contrastive as kernels
 
         return kernels
-    raise ValueError(f"contrastive_loss: {backend!r} is not a fused backend (chunked, triton)")
+    raise ValueError(f"contrastive_loss: {backend!r} is not a fused backend (chunked, cpp, triton)")
 
 
 @torch.library.custom_op("avfast::contrastive_loss", mutates_args=())
@@ -182,10 +185,21 @@ def _triton_check(a, b, gather="none", **info):
     return reasons
 
 
+def _cpp_check(a, b, gather="none", kind="infonce", **info):
+    reasons = _tiled_only(a, b, gather=gather)
+    if kind != "infonce":
+        reasons.append(f"kind={kind!r}: the C++ tile kernels are InfoNCE only")
+    return reasons
+
+
 register_backend(OP, "torch", priority=0, autograd=True, check=_tiled_only,
                  description="reference: full B x B logits, torch autograd")(_reference_directional)
 register_backend(OP, "chunked", priority=10, autograd=True,
                  description="row chunks with online log-sum-exp; backward recomputes; O(B) memory")(_fused("chunked"))
+register_backend(OP, "cpp", priority=20, autograd=True, devices=("cpu",),
+                 dtypes=(torch.float16, torch.bfloat16, torch.float32), available=cpp_op("contrastive_tile_fwd_cpu"),
+                 check=_cpp_check,
+                 description="chunked loop (MKL matmuls) + fused C++ tile kernels: one pass per tile")(_fused("cpp"))
 triton_backend(OP, priority=30, autograd=True, dtypes=(torch.float16, torch.bfloat16, torch.float32),
                check=_triton_check,
                description="fused fwd + bwd tiles, online log-sum-exp, ids compared in-tile")(_fused("triton"))
@@ -271,7 +285,7 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, *, tau: float = 0.07, log
     r"""Contrastive loss between paired embeddings with same-source hard negatives.
 
     .. devices:: CPU CUDA
-    .. properties:: Autograd TorchCompile (gather="none" / "all_gather")
+    .. properties:: Autograd TorchCompile (gather="none"; the gather modes run eagerly)
 
     Row i of ``a`` is paired with row i of ``b`` (its only positive). With logits
     ``L = s * a @ b.T`` (``s = 1 / tau``, or ``exp(logit_scale)`` clamped to ``max_logit_scale``):
@@ -310,7 +324,7 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, *, tau: float = 0.07, log
             holds all keys). Each rank returns the loss of its own rows; the mean of the ranks'
             losses equals the loss of the concatenated batch (equal local batch sizes).
         group: the process group (default: the world).
-        backend: ``"auto"`` | ``"torch"`` | ``"chunked"`` | ``"triton"``.
+        backend: ``"auto"`` | ``"torch"`` | ``"chunked"`` | ``"cpp"`` | ``"triton"``.
         max_logit_scale: upper clamp of ``exp(logit_scale)`` (CLIP: 100).
 
     Returns:
@@ -326,6 +340,7 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, *, tau: float = 0.07, log
         a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     scale = _scale(tau, logit_scale, max_logit_scale, a.device)
     bias = logit_bias.reshape(()) if logit_bias is not None else None
+    source_ids, positive_ids = (None if t is None else t.long() for t in (source_ids, positive_ids))
     impl = select(OP, a, b, backend=backend, gather=gather, kind=kind)
     log_w = math.log(source_weight)
     if gather == "none":

@@ -119,6 +119,15 @@ CASES = {
 }
 
 
+def _skip_unsupported(backend, kind="infonce", dtype=torch.float32):
+    from avfast._backend import get_backend
+
+    x = torch.zeros(2, 2, dtype=dtype)
+    reasons = get_backend("contrastive_loss", backend).not_supported_reasons([x, x], explicit=True, kind=kind)
+    if reasons:
+        pytest.skip(f"{backend} refuses: {'; '.join(reasons)}")
+
+
 def _case_kwargs(case, src, pos, dtype):
     kw = dict(CASES[case])
     for name, ids in (("source_ids", src), ("positive_ids", pos)):
@@ -133,6 +142,7 @@ def _case_kwargs(case, src, pos, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_backend_matches_reference(backend, case):
+    _skip_unsupported(backend, CASES[case].get("kind", "infonce"))
     a, b, src, pos = _inputs(b=21, d=9, dtype=torch.float32)
     kw = _case_kwargs(case, src, pos, torch.float32)
     params = [t for t in (kw.get("logit_scale"), kw.get("logit_bias")) if t is not None]
@@ -150,8 +160,7 @@ def test_backend_matches_reference(backend, case):
 
 @pytest.mark.parametrize("backend", FUSED)
 def test_gradcheck_fused(backend):
-    if backend == "triton":
-        pytest.skip("triton has no float64")
+    _skip_unsupported(backend, dtype=torch.float64)
     a, b, src, pos = _inputs(b=7, d=5)
     ls = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
     bias = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
@@ -163,13 +172,14 @@ def test_gradcheck_fused(backend):
     assert torch.autograd.gradcheck(fn2, (a, b, ls, bias))
 
 
-def test_chunked_many_chunks(monkeypatch):
+@pytest.mark.parametrize("backend", ["chunked", "cpp"])
+def test_chunked_many_chunks(monkeypatch, backend):
     monkeypatch.setattr(chunked, "_TILE_ELEMENTS", 64)  # 16-row chunks over 50 rows: 4 chunks
     a, b, src, pos = _inputs(b=50, d=6, dtype=torch.float32)
-    for kind in ("infonce", "siglip"):
+    for kind in ("infonce", "siglip") if backend == "chunked" else ("infonce",):
         kw = dict(source_ids=src, positive_ids=pos, source_weight=2.0, kind=kind,
                   label_smoothing=0.1 if kind == "infonce" else 0.0)
-        helpers.compare_to_reference(lambda a, b: contrastive_loss(a, b, backend="chunked", **kw),
+        helpers.compare_to_reference(lambda a, b: contrastive_loss(a, b, backend=backend, **kw),
                                      lambda a, b: contrastive_loss_reference(a, b, **kw), [a, b],
                                      dtype=torch.float32, tol_scale=10, msg=kind)
 
@@ -216,6 +226,22 @@ def test_deterministic(backend):
                                                                source_weight=2.0, backend=backend), a, b)
 
 
+@pytest.mark.parametrize("backend", ["torch", "chunked", "cpp"])
+def test_autocast_keeps_input_dtype_and_returns_float32(backend):
+    if backend not in BACKENDS:
+        pytest.skip(f"{backend} not available")
+    a, b, src, _ = _inputs(b=12, d=8, dtype=torch.float32)
+    proj = torch.nn.Linear(8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x, y = proj(a), proj(b)  # bf16 under autocast
+        loss = contrastive_loss(x, y, source_ids=src, source_weight=2.0, backend=backend)
+    assert x.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    ref = contrastive_loss_reference(x.float(), y.float(), source_ids=src, source_weight=2.0)
+    helpers.assert_close(loss, ref, **helpers.tol(torch.bfloat16))
+    loss.backward()
+    assert proj.weight.grad is not None and torch.isfinite(proj.weight.grad).all()
+
+
 def test_logit_scale_clamped_and_gradient():
     a, b, _, _ = _inputs(dtype=torch.float32)
     big = torch.tensor(10.0, requires_grad=True)  # exp(10) > 100: clamped
@@ -231,11 +257,14 @@ def test_logit_scale_clamped_and_gradient():
     helpers.assert_close(small.grad, ref.grad, **helpers.tol(torch.float32, 10))
 
 
-def test_auto_prefers_chunked_on_cpu():
+def test_auto_choice_on_cpu():
     from avfast._backend import select
 
     a = torch.randn(4, 3)
-    assert select("contrastive_loss", a, a).name == "chunked"
+    fast = "cpp" if "cpp" in BACKENDS else "chunked"
+    assert select("contrastive_loss", a, a).name == fast
+    assert select("contrastive_loss", a, a, kind="siglip").name == "chunked"
+    assert select("contrastive_loss", a.double(), a.double()).name == "chunked"
 
 
 # Errors -------------------------------------------------------------------------------------------
@@ -283,7 +312,8 @@ def test_custom_op_opcheck_and_compile(backend):
     op = torch.ops.avfast.contrastive_loss.default
     helpers.check_custom_op(op, (a, b, scale, None, pos, pos, src, src, 0, math.log(2.0), 0.1, True, "infonce",
                                  backend))
-    helpers.check_custom_op(op, (a, b, scale, bias, pos, pos, None, None, 0, 0.0, 0.0, False, "siglip", backend))
+    if backend != "cpp":  # InfoNCE only
+        helpers.check_custom_op(op, (a, b, scale, bias, pos, pos, None, None, 0, 0.0, 0.0, False, "siglip", backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
