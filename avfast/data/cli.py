@@ -52,7 +52,7 @@ def cmd_dub(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-demo-data", help="write a small synthetic dubbed-movie dataset (mp4 + FLAC + manifest)")
     p.add_argument("out", help="output folder")
-    p.add_argument("--movies", type=int, default=6)
+    p.add_argument("--movies", type=int, default=12)
     p.add_argument("--shots", type=int, default=4, help="shots per movie")
     p.add_argument("--width", type=int, default=192)
     p.add_argument("--height", type=int, default=144)

@@ -1,8 +1,10 @@
 """``make_demo_data``: a small, real, deterministic dataset in the avfast layout, in seconds.
 
 Each "movie" is a run of shots (hard cuts, a new background each). In a shot, shapes move and
-bounce; each shape hums a tone whose pitch follows its height on screen and whose loudness follows
-its size, and clicks when it hits a wall, so the sound follows the picture. A "speaker" (a face
+bounce; each shape hums a tone whose base pitch is set by its colour (one note per palette colour),
+whose timbre is set by its kind (circle: pure, square: odd harmonics), whose pitch then follows its
+height on screen and whose loudness follows its size, and it clicks when it hits a wall, so the
+sound follows the picture. A "speaker" (a face
 whose mouth opens with the primary-language speech envelope) says one line per shot; every language
 track has the same background sounds and its own line (espeak-ng speech when installed, a synthetic
 voice otherwise) in the same slot: a dubbed movie in miniature.
@@ -42,6 +44,10 @@ _ESPEAK_VOICES = {"en": "en-us", "fr": "fr-fr"}
 # per language: fundamental frequency (Hz) and syllables per second of the synthetic voice
 _VOICE_STYLE = {"en": (120.0, 4.5), "es": (150.0, 6.0), "fr": (135.0, 5.2), "ja": (190.0, 7.0),
                 "de": (110.0, 4.2), "it": (160.0, 5.6)}
+# shape colours (RGB) and the note (Hz) each one hums: what is seen fixes what is heard
+_PALETTE = np.array([[230, 40, 40], [40, 190, 60], [50, 90, 235], [245, 215, 40], [200, 60, 220], [40, 210, 220],
+                     [245, 140, 30], [250, 250, 250]], np.uint8)
+_NOTES = np.array([220.0, 277.2, 349.2, 440.0, 554.4, 698.5, 880.0, 1108.7])
 _VOWEL_FORMANTS = np.array([[730, 1090], [270, 2290], [300, 870], [530, 1840], [570, 840]], np.float64)
 
 
@@ -87,11 +93,11 @@ def _espeak(text: str, language: str, sample_rate: int, workdir: str) -> np.ndar
 @dataclass
 class _Shape:
     kind: str  # "circle" | "square"
-    color: np.ndarray
+    color: np.ndarray  # a _PALETTE row
     radius: float
     pos: np.ndarray  # (x, y) pixels
     vel: np.ndarray  # pixels per second
-    tone: float  # Hz at mid-height
+    tone: float  # Hz at mid-height: the colour's note
 
 
 def _fit(wave: np.ndarray, n: int) -> np.ndarray:
@@ -111,13 +117,14 @@ class _ShotRenderer:
     def __init__(self, rng, width, height, fps, sample_rate, frames):
         self.w, self.h, self.fps, self.sr, self.n = width, height, fps, sample_rate, frames
         self.bg = rng.integers(20, 236, size=3).astype(np.uint8)
+        colors = rng.choice(len(_PALETTE), size=int(rng.integers(1, 3)), replace=False)
         self.shapes = [
-            _Shape(kind=str(rng.choice(["circle", "square"])), color=rng.integers(0, 256, 3).astype(np.uint8),
-                   radius=float(rng.uniform(0.06, 0.14) * height),
+            _Shape(kind=str(rng.choice(["circle", "square"])), color=_PALETTE[c],
+                   radius=float(rng.uniform(0.06, 0.16) * height),
                    pos=rng.uniform([0.2 * width, 0.2 * height], [0.8 * width, 0.8 * height]),
                    vel=rng.uniform(-1, 1, 2) * np.array([width, height]) * 0.5,
-                   tone=float(rng.uniform(220, 660)))
-            for _ in range(int(rng.integers(1, 3)))
+                   tone=float(_NOTES[c]))
+            for c in colors
         ]
         self.track, self.bounces = self._simulate()
         self.yy, self.xx = np.mgrid[0:height, 0:width]
@@ -159,7 +166,8 @@ class _ShotRenderer:
         return img
 
     def background(self) -> np.ndarray:
-        """Tones tied to each shape's height (pitch) and size (loudness), clicks at bounces: float32 (N,)."""
+        """Each shape's note (colour), timbre (kind), pitch bend (height), loudness (size); clicks at
+        bounces: float32 (N,)."""
         n = int(round(self.n / self.fps * self.sr))
         t = np.arange(n) / self.sr
         frame_t = np.arange(self.n) / self.fps
@@ -167,7 +175,9 @@ class _ShotRenderer:
         for i, s in enumerate(self.shapes):
             height = 1.0 - np.interp(t, frame_t, self.track[:, i, 1]) / self.h  # 0 bottom .. 1 top
             freq = s.tone * (0.75 + 0.5 * height)
-            out += (s.radius / self.h) * np.sin(2 * np.pi * np.cumsum(freq) / self.sr)
+            phase = 2 * np.pi * np.cumsum(freq) / self.sr
+            harmonics = (1,) if s.kind == "circle" else (1, 3, 5)  # a square buzzes (odd harmonics)
+            out += (s.radius / self.h) * sum(np.sin(h * phase) / h for h in harmonics)
             for b in self.bounces[i]:
                 k = int(b * self.sr)
                 m = min(n - k, int(0.03 * self.sr))
@@ -228,7 +238,7 @@ def _encode_audio(out, streams, tracks, lo, hi, sample_rate):
             out.mux(packet)
 
 
-def make_demo_data(out_dir, *, num_movies: int = 6, shots_per_movie: int = 4, shot_seconds=(3.2, 5.0),
+def make_demo_data(out_dir, *, num_movies: int = 12, shots_per_movie: int = 4, shot_seconds=(3.2, 5.0),
                    width: int = 192, height: int = 144, fps: int = 25, sample_rate: int = 48000,
                    languages=("en", "es", "fr", "ja"), min_languages: int = 2, voice: str = "auto",
                    embed_audio: bool = True, seed: int = 0) -> Path:

@@ -219,6 +219,7 @@ class AcousticResNetConfig:
     stage_depths: tuple[int, ...] = (3, 4, 6, 3)
     expansion: int = 4
     norm: str = "batch"
+    freq_coords: bool = False  # add a mel-position input channel (absolute pitch survives global pooling)
 
 
 class AcousticResNet(nn.Module):
@@ -226,6 +227,8 @@ class AcousticResNet(nn.Module):
 
     ``(B, n_mels, frames)`` (mono) is accepted and duplicated to ``in_channels`` (pseudo-stereo,
     as seed 001 does for mono downstream data). ``feature_dim = stage_inner[-1] * expansion``.
+    ``freq_coords=True`` appends a channel holding each row's mel position (-1 .. 1, CoordConv):
+    global pooling of a small network otherwise keeps little of a sound's absolute pitch.
     """
 
     def __init__(self, config: AcousticResNetConfig = AcousticResNetConfig()):
@@ -233,7 +236,7 @@ class AcousticResNet(nn.Module):
         c = config
         self.config = c
         self.stem = nn.Sequential(
-            nn.Conv2d(c.in_channels, c.stem_dim, (1, 9), padding=(0, 4), bias=False),  # 9 frames in time
+            nn.Conv2d(c.in_channels + c.freq_coords, c.stem_dim, (1, 9), padding=(0, 4), bias=False),  # 9 frames
             nn.Conv2d(c.stem_dim, c.stem_dim, (9, 1), padding=(4, 0), bias=False),  # 9 bins in frequency
             _norm(c.norm, c.stem_dim, 2), nn.ReLU(inplace=True))
         stages, dim_in = [], c.stem_dim
@@ -257,6 +260,9 @@ class AcousticResNet(nn.Module):
         if mel.dim() != 4 or mel.shape[1] != self.config.in_channels:
             raise ValueError(f"AcousticResNet expects mel (B, {self.config.in_channels}, n_mels, frames) "
                              f"or (B, n_mels, frames); got shape {tuple(mel.shape)}")
+        if self.config.freq_coords:
+            ramp = torch.linspace(-1, 1, mel.shape[2], dtype=mel.dtype, device=mel.device)
+            mel = torch.cat([mel, ramp.view(1, 1, -1, 1).expand(mel.shape[0], 1, -1, mel.shape[3])], dim=1)
         return self.stages(self.stem(mel)).mean(dim=(2, 3))
 
 

@@ -272,6 +272,11 @@ class Trainer:
                     saved_at = self.step
                 if self.step >= self.total_steps:
                     break
+            if self.step == before and self.position > 0:
+                # the source's epoch ended early (a same-source sampler's epoch length varies with
+                # its plan): go on with the next epoch
+                self.epoch, self.position = self.epoch + 1, 0
+                continue
             if self.step == before:
                 raise RuntimeError(f"the data source yielded no batch for epoch {self.epoch} from "
                                    f"position {self.position}; expected {usable - self.position} micro-batches")

@@ -84,3 +84,15 @@ def test_projection_head_and_bad_inputs():
     with pytest.raises(ValueError, match="norm"):
         x3d_tiny(norm="layer")
     assert isinstance(build_dub_model(None, "acoustic_resnet_tiny"), DubModel)
+
+
+def test_freq_coords_sees_absolute_pitch():
+    # a horizontal stripe at two mel heights: identical to a pooled plain net away from the edges,
+    # told apart once the mel-position channel is added
+    torch.manual_seed(0)
+    low, high = torch.zeros(1, 2, 48, 40), torch.zeros(1, 2, 48, 40)
+    low[:, :, 20], high[:, :, 28] = 1.0, 1.0
+    net = acoustic_resnet_tiny(freq_coords=True, norm="group").eval()
+    assert net(torch.randn(3, 2, 48, 40)).shape == (3, net.feature_dim)
+    assert net(torch.randn(3, 48, 40)).shape == (3, net.feature_dim)  # mono input too
+    assert not torch.allclose(net(low), net(high), atol=1e-4)

@@ -98,3 +98,28 @@ def test_two_process_gloo_run_matches_one_process():
     for a, b, c in zip(map(torch.from_numpy, w0), map(torch.from_numpy, w1), _weights(single)):
         assert torch.equal(a, b), "ranks diverged"
         torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-5)
+
+
+class _ShortEpochs:
+    """A source whose odd epochs end one batch early (as a same-source sampler's plan may)."""
+
+    def __init__(self, source):
+        self.source, self.steps_per_epoch, self.clips_per_batch = source, source.steps_per_epoch, source.clips_per_batch
+        self.epochs = []
+
+    def batches(self, epoch, start):
+        self.epochs.append(epoch)
+        for i, b in enumerate(self.source.batches(epoch, start), start):
+            if epoch % 2 and i == self.steps_per_epoch - 1:
+                return
+            yield b
+
+    def state_dict(self):
+        return {}
+
+
+def test_an_epoch_that_ends_early_moves_on_to_the_next():
+    data = _ShortEpochs(toy_source())
+    trainer = Trainer(toy_config(), toy_model(), toy_objective, data, log=lambda *_: None)
+    summary = trainer.train()
+    assert summary["steps"] == trainer.total_steps and trainer.epoch > 3
