@@ -259,12 +259,17 @@ def test_logit_scale_clamped_and_gradient():
 
 def test_auto_choice_on_cpu():
     from avfast._backend import select
+    from avfast.ops.contrastive import SMALL_CPU_LOGITS
 
-    a = torch.randn(4, 3)
+    small = torch.randn(4, 3)
+    assert select("contrastive_loss", small, small).name == "torch"  # tiny logits: the reference is faster
+    n = int(SMALL_CPU_LOGITS ** 0.5) + 1
+    a = torch.empty(n, 3)
     fast = "cpp" if "cpp" in BACKENDS else "chunked"
     assert select("contrastive_loss", a, a).name == fast
     assert select("contrastive_loss", a, a, kind="siglip").name == "chunked"
     assert select("contrastive_loss", a.double(), a.double()).name == "chunked"
+    assert select("contrastive_loss", a, a, gather="ring").name == "chunked"
 
 
 # Errors -------------------------------------------------------------------------------------------
