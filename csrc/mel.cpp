@@ -19,7 +19,8 @@
 
 namespace {
 
-constexpr int64_t kBlock = 16;  // frames per block: one AVX-512 register of floats
+constexpr int64_t kBlock = 16;  // frames per block of our FFT: one AVX-512 register of floats
+constexpr int64_t kAtenBlock = 128;  // frames per ATen rfft call (per-thread buffers, reused)
 
 enum Boundary : int64_t { kConstant = 0, kReflect = 1, kReplicate = 2, kSymmetric = 3 };
 enum LogMode : int64_t { kNone = 0, kLog = 1, kDb = 2 };
@@ -166,9 +167,9 @@ void load_frame(const scalar_t* x, int64_t len, int64_t f, const float* win, int
   std::fill(out + win_len, out + p.n_fft, 0.0f);
 }
 
-// Power spectra (n_freq, kBlock) of frames [f0, f0 + nf) through our FFT or ATen's.
+// Power spectra (n_freq, kBlock) of frames [f0, f0 + nf) through our FFT.
 struct Spectra {
-  const BlockFFT* fft;  // null: ATen rfft
+  const BlockFFT* fft;
   int64_t n_fft, n_freq;
   std::vector<float> frame, re, im, power;
   Spectra(const BlockFFT* f, int64_t n) : fft(f), n_fft(n), n_freq(n / 2 + 1), frame(n),
@@ -177,31 +178,18 @@ struct Spectra {
   template <typename scalar_t>
   void compute(const scalar_t* x, int64_t len, int64_t f0, int64_t nf, const float* win, int64_t win_len,
                const Params& p) {
-    if (fft != nullptr) {
-      const int64_t half = n_fft / 2;
-      std::fill(re.begin(), re.end(), 0.0f);
-      std::fill(im.begin(), im.end(), 0.0f);
-      for (int64_t f = 0; f < nf; ++f) {
-        load_frame(x, len, f0 + f, win, win_len, p, frame.data());
-        for (int64_t m = 0; m < half; ++m) {
-          const int64_t r = fft->rev[m] * kBlock + f;
-          re[r] = frame[2 * m];
-          im[r] = frame[2 * m + 1];
-        }
+    const int64_t half = n_fft / 2;
+    std::fill(re.begin(), re.end(), 0.0f);
+    std::fill(im.begin(), im.end(), 0.0f);
+    for (int64_t f = 0; f < nf; ++f) {
+      load_frame(x, len, f0 + f, win, win_len, p, frame.data());
+      for (int64_t m = 0; m < half; ++m) {
+        const int64_t r = fft->rev[m] * kBlock + f;
+        re[r] = frame[2 * m];
+        im[r] = frame[2 * m + 1];
       }
-      fft->power(re.data(), im.data(), power.data());
-    } else {
-      at::Tensor frames = at::empty({nf, n_fft}, at::kFloat);
-      float* fp = frames.data_ptr<float>();
-      for (int64_t f = 0; f < nf; ++f) load_frame(x, len, f0 + f, win, win_len, p, fp + f * n_fft);
-      at::Tensor spec = at::view_as_real(at::fft_rfft(frames, n_fft, 1)).contiguous();
-      const float* s = spec.data_ptr<float>();
-      for (int64_t f = 0; f < nf; ++f)
-        for (int64_t k = 0; k < n_freq; ++k) {
-          const float r = s[(f * n_freq + k) * 2], i = s[(f * n_freq + k) * 2 + 1];
-          power[k * kBlock + f] = r * r + i * i;
-        }
     }
+    fft->power(re.data(), im.data(), power.data());
     if (p.power != 2.0f) {
       for (auto& v : power) v = std::pow(v, 0.5f * p.power);
     }
@@ -277,6 +265,65 @@ void mel_blocks(const scalar_t* x, int64_t BC, int64_t C, int64_t T, int64_t nb,
   });
 }
 
+// Same through ATen's batched real FFT: per thread, reusable (kAtenBlock, n_fft) frames and
+// (kAtenBlock, n_freq) complex spectra; power + sparse mel + log straight from the rfft output.
+template <typename scalar_t>
+void mel_blocks_aten(const scalar_t* x, int64_t BC, int64_t C, int64_t T, const int64_t* len_p,
+                     const int64_t* nfr_p, const float* win, int64_t win_len, int64_t n_mels, const MelBank& bank,
+                     const Params& p, float* out_p) {
+  const int64_t n_out = p.n_out, n_fft = p.n_fft, n_freq = n_fft / 2 + 1;
+  const int64_t nb = (n_out + kAtenBlock - 1) / kAtenBlock;
+  at::parallel_for(0, BC * nb, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor frames = at::empty({kAtenBlock, n_fft}, at::kFloat);
+    at::Tensor spec = at::empty({kAtenBlock, n_freq}, at::kComplexFloat);
+    at::Tensor mel = at::empty({kAtenBlock, n_mels}, at::kFloat);
+    std::vector<float> pw(n_freq);
+    float* fp = frames.data_ptr<float>();
+    float* mp = mel.data_ptr<float>();
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t bc = u / nb, f0 = (u % nb) * kAtenBlock, b = bc / C;
+      const int64_t nf = std::min(std::min(nfr_p[b], n_out) - f0, kAtenBlock);
+      if (nf <= 0) continue;
+      for (int64_t f = 0; f < nf; ++f) load_frame(x + bc * T, len_p[b], f0 + f, win, win_len, p, fp + f * n_fft);
+      at::Tensor s_nf = spec.narrow(0, 0, nf);
+      at::fft_rfft_out(s_nf, frames.narrow(0, 0, nf), n_fft, 1);
+      const float* s = reinterpret_cast<const float*>(spec.data_ptr<c10::complex<float>>());
+      for (int64_t f = 0; f < nf; ++f) {
+        const float* sf_ = s + f * n_freq * 2;
+#pragma omp simd
+        for (int64_t k = 0; k < n_freq; ++k) pw[k] = sf_[2 * k] * sf_[2 * k] + sf_[2 * k + 1] * sf_[2 * k + 1];
+        if (p.power != 2.0f)
+          for (auto& v : pw) v = std::pow(v, 0.5f * p.power);
+        float* mf = mp + f * n_mels;
+        for (int64_t m = 0; m < n_mels; ++m) {
+          const float* w = bank.w.data() + bank.start[m];
+          const float* pk = pw.data() + bank.lo[m];
+          const int64_t n = bank.hi[m] - bank.lo[m];
+          float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t k = 0; k < n; ++k) acc += w[k] * pk[k];
+          mf[m] = acc;
+        }
+      }
+      // log / dB through ATen's vectorised kernels (scalar std::log costs as much as the FFT).
+      at::Tensor mv = mel.narrow(0, 0, nf);
+      if (p.log_mode == kLog) {
+        if (p.log_offset != 0.0f) mv.add_(p.log_offset);
+        mv.clamp_min_(p.log_eps).log_();
+      } else if (p.log_mode == kDb) {
+        mv.clamp_min_(p.log_eps).log10_().mul_(10.0f);
+      }
+      float* y = out_p + bc * n_mels * n_out;
+      if (p.time_major) {
+        std::copy(mp, mp + nf * n_mels, y + f0 * n_mels);
+      } else {
+        for (int64_t m = 0; m < n_mels; ++m)
+          for (int64_t f = 0; f < nf; ++f) y[m * n_out + f0 + f] = mp[f * n_mels + m];
+      }
+    }
+  });
+}
+
 at::Tensor mel_spectrogram_cpu(const at::Tensor& wave, const at::Tensor& lengths, const at::Tensor& frames,
                                const at::Tensor& window, const at::Tensor& fb, const at::Tensor& bands,
                                const at::Tensor& freq_masks, const at::Tensor& time_masks, int64_t n_fft, int64_t hop,
@@ -298,7 +345,7 @@ at::Tensor mel_spectrogram_cpu(const at::Tensor& wave, const at::Tensor& lengths
                               : at::empty({B, C, n_mels, n_out}, wave.options().dtype(at::kFloat));
   const bool pow2 = n_fft >= 4 && (n_fft & (n_fft - 1)) == 0;
   TORCH_CHECK(fft_impl != 1 || pow2, "mel_spectrogram_cpu: our FFT needs a power-of-two n_fft (", n_fft, ")");
-  const bool own_fft = fft_impl == 1 || (fft_impl == 0 && pow2);
+  const bool own_fft = fft_impl == 1;  // 0 (default) and 2: ATen rfft, faster on both presets
   BlockFFT fft(own_fft ? n_fft : 4);
   MelBank bank(fb, bands);
   const auto len = lengths.contiguous();
@@ -309,8 +356,10 @@ at::Tensor mel_spectrogram_cpu(const at::Tensor& wave, const at::Tensor& lengths
   const int64_t nb = (n_out + kBlock - 1) / kBlock;
   float* out_p = out.data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES_AND_HALF(wave.scalar_type(), "mel_spectrogram_cpu", [&] {
-    mel_blocks(wave.data_ptr<scalar_t>(), B * C, C, T, nb, len_p, nfr_p, win, win_len, n_mels,
-               own_fft ? &fft : nullptr, bank, p, out_p);
+    if (own_fft)
+      mel_blocks(wave.data_ptr<scalar_t>(), B * C, C, T, nb, len_p, nfr_p, win, win_len, n_mels, &fft, bank, p, out_p);
+    else
+      mel_blocks_aten(wave.data_ptr<scalar_t>(), B * C, C, T, len_p, nfr_p, win, win_len, n_mels, bank, p, out_p);
   });
   const auto fm = freq_masks.contiguous(), tm = time_masks.contiguous();
   const int64_t n_fm = fm.size(1), n_tm = tm.size(1);

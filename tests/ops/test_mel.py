@@ -8,6 +8,7 @@ import torch
 from helpers import assert_close, assert_deterministic, check_compiles, check_custom_op, fused_backends_for, poison_padding
 
 from avfast.ops import MelConfig, MelMasks, mel_spectrogram, mel_spectrogram_reference
+from avfast._ext import has_op
 from avfast.ops.mel import _flat, _mel_op
 
 librosa = pytest.importorskip("librosa")
@@ -252,6 +253,19 @@ def test_fused_backend_dtypes(backend, dtype):
     x = _wave(2, 900).to(dtype)
     ref = mel_spectrogram(x, SMALL["dub"], backend="torch")
     assert_close(mel_spectrogram(x, SMALL["dub"], backend=backend), ref, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["event", "dub"])
+def test_cpp_own_fft_matches_torch(name, monkeypatch):
+    if not has_op("mel_spectrogram_cpu"):
+        pytest.skip("C++ extension not built")
+    monkeypatch.setenv("AVFAST_MEL_FFT", "own")
+    cfg = dataclasses.replace(SMALL[name], masks=True)
+    x = _wave(3, 2, 1301)
+    lengths = torch.tensor([1301, 640, 1000])
+    ref = mel_spectrogram(x, cfg, lengths=lengths, generator=torch.Generator().manual_seed(5), backend="torch")
+    out = mel_spectrogram(x, cfg, lengths=lengths, generator=torch.Generator().manual_seed(5), backend="cpp")
+    assert_close(out, ref, atol=1e-3, rtol=1e-4)
 
 
 # Bad input ---------------------------------------------------------------------------------------
