@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from avfast.ops._mel_masks import MelMasks, draw_masks
+from avfast.ops._mel_masks import MelMasks, draw_masks, generator_device, interval_hits
 from avfast.ops.mel import MelConfig, as_config, mel_spectrogram
 
 __all__ = ["MelSpectrogram", "SpecAugment", "AstNoise", "Mixup"]
@@ -60,10 +60,8 @@ class SpecAugment(nn.Module):
         masks = draw_masks(valid, n_mels, freq_masks=self.freq_masks, freq_mask_max=self.freq_mask_max,
                            time_masks=self.time_masks, time_mask_max=self.time_mask_max, generator=generator)
         masks = MelMasks(masks.freq.to(spec.device), masks.time.to(spec.device))
-        rows, cols = torch.arange(n_mels, device=spec.device), torch.arange(F, device=spec.device)
-        hit_f = ((rows >= masks.freq[..., :1]) & (rows < masks.freq[..., 1:])).any(1)
-        hit_t = ((cols >= masks.time[..., :1]) & (cols < masks.time[..., 1:])).any(1)
-        hit = (hit_f[:, :, None] | hit_t[:, None, :]).reshape(B, *([1] * (spec.dim() - 3)), n_mels, F)
+        hit = interval_hits(masks.freq, n_mels)[:, :, None] | interval_hits(masks.time, F)[:, None, :]
+        hit = hit.reshape(B, *([1] * (spec.dim() - 3)), n_mels, F)
         fill = spec.mean((-2, -1), keepdim=True) if self.mask_value == "mean" else torch.tensor(float(self.mask_value))
         out = torch.where(hit, fill.to(spec), spec)
         return (out, masks) if return_masks else out
@@ -82,7 +80,7 @@ class AstNoise(nn.Module):
         if not self.training:
             return x
         B = x.shape[0]
-        dev = generator.device if generator is not None else torch.device("cpu")
+        dev = generator_device(generator)
         amp = torch.rand(B, generator=generator, device=dev).to(x).view(B, *([1] * (x.dim() - 1)))
         noise = torch.rand(x.shape, generator=generator, device=dev).to(x)
         shifts = torch.randint(-self.max_shift, self.max_shift + 1, (B,), generator=generator, device=dev).tolist()
@@ -102,10 +100,10 @@ class Mixup(nn.Module):
     def forward(self, wave: Tensor, labels: Tensor, generator: torch.Generator | None = None):
         B = wave.shape[0]
         lam = torch.ones(B, dtype=wave.dtype, device=wave.device)
-        draw = torch.rand((), generator=generator, device=_device(generator)).item()
+        draw = torch.rand((), generator=generator, device=generator_device(generator)).item()
         if not self.training or draw >= self.p or B < 2:
             return wave, labels, lam
-        seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, device=_device(generator)))
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, device=generator_device(generator)))
         rng = np.random.default_rng(seed)
         lam = torch.as_tensor(rng.beta(self.alpha, self.alpha, size=B), dtype=wave.dtype, device=wave.device)
         partner = torch.as_tensor(rng.permutation(B), device=wave.device)
@@ -114,7 +112,3 @@ class Mixup(nn.Module):
         mixed = lw * centred + (1 - lw) * centred[partner]
         ll = lam.view(B, *([1] * (labels.dim() - 1))).to(labels.dtype)
         return mixed, ll * labels + (1 - ll) * labels[partner], lam
-
-
-def _device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")

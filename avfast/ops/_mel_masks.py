@@ -18,6 +18,17 @@ class MelMasks(NamedTuple):
     time: torch.Tensor
 
 
+def generator_device(generator: torch.Generator | None) -> torch.device:
+    """Device random numbers are drawn on: the generator's, else CPU (the default generator)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def interval_hits(intervals: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, size) bool: position inside any [start, end) of ``intervals`` (B, n, 2) (all False for n = 0)."""
+    pos = torch.arange(size, device=intervals.device)
+    return ((pos >= intervals[..., :1]) & (pos < intervals[..., 1:])).any(1)
+
+
 def max_width(spec: int | float, axis: torch.Tensor) -> torch.Tensor:
     """Largest mask width per sample: ``spec`` bins (int) or a fraction of ``axis`` (float in (0, 1])."""
     if isinstance(spec, float):
@@ -33,8 +44,7 @@ def draw_intervals(count: int, spec: int | float, axis: torch.Tensor, generator:
     batch = axis.shape[0]
     if count == 0 or batch == 0:
         return torch.zeros(batch, count, 2, dtype=torch.long)
-    device = generator.device if generator is not None else torch.device("cpu")
-    u = torch.rand(batch, count, 2, generator=generator, dtype=torch.float64, device=device).cpu()
+    u = torch.rand(batch, count, 2, generator=generator, dtype=torch.float64, device=generator_device(generator)).cpu()
     axis = axis.cpu().long()[:, None]
     top = torch.minimum(max_width(spec, axis), axis)
     width = torch.minimum(torch.floor(u[..., 0] * (top + 1)).long(), top)

@@ -18,7 +18,7 @@ from torch import Tensor
 from avfast._backend import cpp_op, cuda_op, register_backend, select, triton_backend
 from avfast.ops._mel_config import PRESETS, MelConfig, as_config
 from avfast.ops._mel_filters import mel_bands, mel_filterbank, window
-from avfast.ops._mel_masks import MelMasks, draw_masks
+from avfast.ops._mel_masks import MelMasks, draw_masks, generator_device, interval_hits
 
 __all__ = ["MelConfig", "MelMasks", "mel_spectrogram", "mel_spectrogram_reference", "MEL_PRESETS"]
 
@@ -82,13 +82,6 @@ def _masked_value(y: Tensor, valid: Tensor, cfg: MelConfig) -> Tensor:
     return torch.where(valid[:, None, None, None] > 0, y.sum((-2, -1), keepdim=True) / count, torch.zeros(()))
 
 
-def _interval_hits(intervals: Tensor, size: int) -> Tensor:
-    """(B, size) bool: position inside any [start, end) of ``intervals`` (B, n, 2)."""
-    pos = torch.arange(size, device=intervals.device)
-    hit = (pos >= intervals[..., :1]) & (pos < intervals[..., 1:])
-    return hit.any(1) if intervals.shape[1] else torch.zeros(intervals.shape[0], size, dtype=torch.bool, device=pos.device)
-
-
 def _finish(y: Tensor, valid: Tensor, cfg: MelConfig, n_out: int, masks: MelMasks | None) -> Tensor:
     """top_db, pad/crop, masks, normalisation, layout of log-mel ``y`` (B, C, n_mels, frames)."""
     frames = y.shape[-1]
@@ -103,7 +96,7 @@ def _finish(y: Tensor, valid: Tensor, cfg: MelConfig, n_out: int, masks: MelMask
     y = y.masked_fill(pad, 0.0)
     if masks is not None and (masks.freq.shape[1] or masks.time.shape[1]):
         fill = _masked_value(y, valid, cfg)
-        hit = _interval_hits(masks.freq, cfg.n_mels)[:, None, :, None] | _interval_hits(masks.time, n_out)[:, None, None, :]
+        hit = interval_hits(masks.freq, cfg.n_mels)[:, None, :, None] | interval_hits(masks.time, n_out)[:, None, None, :]
         y = torch.where(hit & ~pad, fill, y)
     y = y.masked_fill(pad, cfg.pad_value)
     if cfg.mean != 0.0 or cfg.std != 1.0:
@@ -401,7 +394,7 @@ def mel_spectrogram(wave: Tensor, config: MelConfig | str = "event", *, lengths:
     else:
         lens = lengths.to(x.device, torch.long)
     if cfg.dither > 0:
-        x = x + cfg.dither * torch.randn(x.shape, generator=generator, device=_gen_device(generator)).to(x)
+        x = x + cfg.dither * torch.randn(x.shape, generator=generator, device=generator_device(generator)).to(x)
     if cfg.masks:
         n_out = cfg.out_frames(T)
         frames = torch.clamp(_valid_frames(lens, cfg), max=n_out)
@@ -416,7 +409,3 @@ def mel_spectrogram(wave: Tensor, config: MelConfig | str = "event", *, lengths:
     if wave.dim() == 2:
         out = out[:, 0]
     return (out, masks) if return_masks else out
-
-
-def _gen_device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
