@@ -280,17 +280,19 @@ def _cpp_check(*tensors, k=1, **_):
 def _affinity_cpp(x, y, k, metric, exclude_self, compute_dtype):
     a, b, bias = scoring_operands(x, y, metric)
     empty = a.new_empty(0)
+    bias = _or_empty(bias, a)
     if compute_dtype is None:
-        values, indices = torch.ops.avfast_C.affinity_topk_cpu(a, b, empty, empty, _or_empty(bias), k, 0, exclude_self)
+        values, indices = torch.ops.avfast_C.affinity_topk_cpu(a, b, empty, empty, bias, k, 0, exclude_self)
     else:
         c = candidates_for(k, y.shape[1] - int(exclude_self))
         values, indices = torch.ops.avfast_C.affinity_topk_cpu(
-            a.to(compute_dtype), b.to(compute_dtype), a, b, _or_empty(bias), k, c, exclude_self)
+            a.to(compute_dtype), b.to(compute_dtype), a, b, bias, k, c, exclude_self)
     return _finish(x, y, values, indices, metric)
 
 
-def _or_empty(t):
-    return t if t is not None else torch.empty(0)
+def _or_empty(bias, like):
+    """``bias``, or the empty tensor (like's dtype and device) that stands for None in the C++/CUDA schemas."""
+    return bias if bias is not None else like.new_empty(0)
 
 
 def _triton_check(x, y, k=1, compute_dtype=None, **_):
@@ -336,8 +338,7 @@ def _cuda_check(*tensors, k=1, compute_dtype=None, **_):
                   description="CUDA C++: fp32 tiled GEMM + per-row running top-k (k <= 32)")
 def _affinity_cuda(x, y, k, metric, exclude_self, compute_dtype):
     a, b, bias = scoring_operands(x, y, metric)
-    bias = bias if bias is not None else a.new_empty(0)
-    return _finish(x, y, *torch.ops.avfast_C.affinity_topk_cuda(a, b, bias, k, exclude_self), metric)
+    return _finish(x, y, *torch.ops.avfast_C.affinity_topk_cuda(a, b, _or_empty(bias, a), k, exclude_self), metric)
 
 
 # Public function -------------------------------------------------------------------------------
