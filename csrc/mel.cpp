@@ -1,10 +1,12 @@
 // Fused mel spectrogram on CPU: framing -> (dc, preemphasis) -> window -> real FFT -> |X|^p ->
 // sparse mel -> log/dB, then a per-sample finish pass (top_db, padding, masks, mean/std, layout).
 //
-// Work is split over (sample, channel, block of kBlock frames). A block holds its frames
-// "structure of arrays": value k of every frame of the block is contiguous, so each FFT butterfly and
-// each mel tap runs over kBlock frames at once (vectorised by the compiler). The wave is read once
-// and the output written once (plus one in-cache finish pass per sample).
+// Work is split over (sample, channel, block of frames). Default (mel_blocks_aten): blocks of
+// kAtenBlock frames go through ATen's batched rfft into per-thread buffers, then power + sparse mel +
+// log. Opt-in (fft_impl 1, mel_blocks): our radix-2 FFT over blocks of kBlock frames held "structure
+// of arrays" (value k of every frame contiguous), so each butterfly and mel tap runs over kBlock
+// frames at once. Either way the wave is read once and the output written once (plus one in-cache
+// finish pass per sample).
 //
 // Argument order is shared with the Triton and CUDA backends (avfast/ops/mel.py: fused_args).
 #include <ATen/ATen.h>
