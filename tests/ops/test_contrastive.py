@@ -372,3 +372,22 @@ def test_triton_on_gpu(dtype, kind, shape):
     helpers.compare_to_reference(lambda a, b: contrastive_loss(a, b, backend="triton", **kw),
                                  lambda a, b: contrastive_loss_reference(a, b, **kw), [a, b], dtype=dtype,
                                  tol_scale=4, msg=f"{dtype} {kind}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["chunked", "triton"])
+def test_cpu_scale_and_bias_with_cuda_embeddings(backend):
+    a, b, src, pos = _inputs(64, 32, dtype=torch.float32)
+    a, b = a.detach().cuda().requires_grad_(), b.detach().cuda().requires_grad_()
+    scale_cpu = torch.tensor(2.0, requires_grad=True)
+    bias_cpu = torch.tensor(-1.0, requires_grad=True)
+    kw = dict(source_ids=src.cuda(), positive_ids=pos.cuda(), source_weight=2.0, kind="siglip")
+    loss = contrastive_loss(a, b, logit_scale=scale_cpu, logit_bias=bias_cpu, backend=backend, **kw)
+    loss.backward()
+    scale_gpu = scale_cpu.detach().cuda().requires_grad_()
+    bias_gpu = bias_cpu.detach().cuda().requires_grad_()
+    ref = contrastive_loss_reference(a, b, logit_scale=scale_gpu, logit_bias=bias_gpu, **kw)
+    ref.backward()
+    helpers.assert_close(loss, ref, dtype=torch.float32)
+    helpers.assert_close(scale_cpu.grad, scale_gpu.grad.cpu(), dtype=torch.float32)
+    helpers.assert_close(bias_cpu.grad, bias_gpu.grad.cpu(), dtype=torch.float32)
