@@ -184,6 +184,24 @@ def test_chunked_many_chunks(monkeypatch, backend):
                                      dtype=torch.float32, tol_scale=10, msg=kind)
 
 
+@pytest.mark.parametrize("kind", ["infonce", "siglip"])
+def test_triton_forward_with_offset_and_both_matches_chunked(kind):
+    """Rows 5.. of a (20, D) key block, both directions: column j's positive is row j - 5."""
+    if "triton" not in FUSED:
+        pytest.skip("triton backend not available")
+    from avfast.kernels import contrastive as kernels
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 16, generator=g), torch.randn(20, 16, generator=g)
+    ids = chunked.PairIds(torch.randint(0, 5, (8,), generator=g), torch.randint(0, 5, (20,), generator=g),
+                          torch.randint(0, 3, (8,), generator=g), torch.randint(0, 3, (20,), generator=g))
+    bias = torch.tensor(-0.5) if kind == "siglip" else None
+    smoothing = 0.1 if kind == "infonce" else 0.0
+    args = (x, y, torch.tensor(3.0), bias, ids, 5, 0.7, smoothing, True, kind)
+    for got, want in zip(kernels.forward(*args), chunked.forward(*args)):
+        helpers.assert_close(got, want, dtype=torch.float32, msg=kind)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_accumulate_in_float32(backend, dtype):
