@@ -225,7 +225,7 @@ def _settings(d: int) -> dict:
     return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=1)
 
 
-def _common(x, y, scale, bias, ids, offset, log_w, smoothing, kind):
+def _common(x, y, scale, bias, ids, log_w, kind):
     """Arguments shared by the three kernels, in their order, plus constexpr flags."""
     x, y = ensure_contiguous(x, y)
     dummy = scale
@@ -246,7 +246,7 @@ def _check(x):
 
 def _forward_dir(x, y, scale, bias, ids, offset, log_w, smoothing, kind):
     m, n, d = x.shape[0], y.shape[0], x.shape[1]
-    x, y, ptrs, s, b, src_term, flags = _common(x, y, scale, bias, ids, offset, log_w, smoothing, kind)
+    x, y, ptrs, s, b, src_term, flags = _common(x, y, scale, bias, ids, log_w, kind)
     loss = torch.empty(m, device=x.device, dtype=torch.float32)
     stats = torch.empty(m, 2, device=x.device, dtype=torch.float32)
     cfg = _settings(d)
@@ -263,7 +263,8 @@ def forward(x, y, scale, bias, ids, offset: int, log_w: float, smoothing: float,
     if not both:
         return row_loss, row_loss.new_zeros(0), row_stats, row_stats.new_zeros(0, 2)
     swapped = type(ids)(ids.y_pos, ids.x_pos, ids.y_src, ids.x_src)
-    col_loss, col_stats = _forward_dir(y, x, scale, bias, swapped, 0, log_w, smoothing, kind)
+    # column j's positive is row j - offset: the same kernel on (y, x) with ROW0 = -offset
+    col_loss, col_stats = _forward_dir(y, x, scale, bias, swapped, -offset, log_w, smoothing, kind)
     return row_loss, col_loss, row_stats, col_stats
 
 
@@ -271,7 +272,7 @@ def backward(g_row, g_col, x, y, scale, bias, ids, row_stats, col_stats, offset:
              smoothing: float, both: bool, kind: str):
     """(grad_x, grad_y, grad_scale, grad_bias) of sum(g_row * row_loss) + sum(g_col * col_loss)."""
     m, n, d = x.shape[0], y.shape[0], x.shape[1]
-    xc, yc, ptrs, s, b, src_term, flags = _common(x, y, scale, bias, ids, offset, log_w, smoothing, kind)
+    xc, yc, ptrs, s, b, src_term, flags = _common(x, y, scale, bias, ids, log_w, kind)
     g_row = g_row.float().contiguous()
     g_col = g_col.float().contiguous() if both else g_row
     col_stats = col_stats.contiguous() if both else row_stats

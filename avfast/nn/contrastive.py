@@ -80,12 +80,12 @@ class DubContrastiveLoss(nn.Module):
                 a_s: torch.Tensor | None = None, source_ids: torch.Tensor | None = None,
                 positive_ids: torch.Tensor | None = None, *, return_terms: bool = False):
         pairs = (("va", 1.0, v, a_p), ("va_s", self.lambda_v, v_s, a_s), ("aa", self.lambda_a, a_p, a_s))
-        terms = {name: self.nce(x, y, source_ids, positive_ids)
-                 for name, weight, x, y in pairs if weight != 0.0 and x is not None and y is not None}
-        if not terms:
+        used = [(name, weight, x, y) for name, weight, x, y in pairs
+                if weight != 0.0 and x is not None and y is not None]
+        if not used:
             raise ValueError("DubContrastiveLoss: no term can be computed: give (v, a_p), (v_s, a_s) or (a_p, a_s)")
-        weights = {"va": 1.0, "va_s": self.lambda_v, "aa": self.lambda_a}
-        total = sum(weights[name] * value for name, value in terms.items())
+        terms = {name: self.nce(x, y, source_ids, positive_ids) for name, _, x, y in used}
+        total = sum(weight * terms[name] for name, weight, _, _ in used)
         return (total, terms) if return_terms else total
 
     def extra_repr(self) -> str:

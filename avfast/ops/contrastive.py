@@ -271,10 +271,14 @@ def _validate(a, b, tau, logit_scale, source_ids, source_weight, positive_ids, l
 
 
 def _scale(tau, logit_scale, max_logit_scale, device):
-    """The multiplier of the cosine similarities: exp(logit_scale) clamped, or 1 / tau."""
+    """The multiplier of the cosine similarities on ``device``: exp(logit_scale) clamped, or 1 / tau.
+
+    A ``logit_scale`` held on another device (a CPU parameter with CUDA embeddings) is moved with
+    autograd, so the fused kernels get a pointer on their device and the gradient goes home.
+    """
     if logit_scale is None:
         return torch.full((), 1.0 / tau, device=device)
-    return logit_scale.reshape(()).exp().clamp(max=max_logit_scale)
+    return logit_scale.reshape(()).to(device).exp().clamp(max=max_logit_scale)
 
 
 def _reduce(row, col, symmetric: bool, reduction: str):
@@ -349,7 +353,7 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, *, tau: float = 0.07, log
     if normalize:
         a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     scale = _scale(tau, logit_scale, max_logit_scale, a.device)
-    bias = logit_bias.reshape(()) if logit_bias is not None else None
+    bias = logit_bias.reshape(()).to(a.device) if logit_bias is not None else None
     source_ids, positive_ids = (None if t is None else t.long() for t in (source_ids, positive_ids))
     impl = select(OP, a, b, backend=backend, gather=gather, kind=kind)
     log_w = math.log(source_weight)

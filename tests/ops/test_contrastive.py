@@ -184,6 +184,24 @@ def test_chunked_many_chunks(monkeypatch, backend):
                                      dtype=torch.float32, tol_scale=10, msg=kind)
 
 
+@pytest.mark.parametrize("kind", ["infonce", "siglip"])
+def test_triton_forward_with_offset_and_both_matches_chunked(kind):
+    """Rows 5.. of a (20, D) key block, both directions: column j's positive is row j - 5."""
+    if "triton" not in FUSED:
+        pytest.skip("triton backend not available")
+    from avfast.kernels import contrastive as kernels
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 16, generator=g), torch.randn(20, 16, generator=g)
+    ids = chunked.PairIds(torch.randint(0, 5, (8,), generator=g), torch.randint(0, 5, (20,), generator=g),
+                          torch.randint(0, 3, (8,), generator=g), torch.randint(0, 3, (20,), generator=g))
+    bias = torch.tensor(-0.5) if kind == "siglip" else None
+    smoothing = 0.1 if kind == "infonce" else 0.0
+    args = (x, y, torch.tensor(3.0), bias, ids, 5, 0.7, smoothing, True, kind)
+    for got, want in zip(kernels.forward(*args), chunked.forward(*args)):
+        helpers.assert_close(got, want, dtype=torch.float32, msg=kind)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_accumulate_in_float32(backend, dtype):
@@ -372,3 +390,22 @@ def test_triton_on_gpu(dtype, kind, shape):
     helpers.compare_to_reference(lambda a, b: contrastive_loss(a, b, backend="triton", **kw),
                                  lambda a, b: contrastive_loss_reference(a, b, **kw), [a, b], dtype=dtype,
                                  tol_scale=4, msg=f"{dtype} {kind}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["chunked", "triton"])
+def test_cpu_scale_and_bias_with_cuda_embeddings(backend):
+    a, b, src, pos = _inputs(64, 32, dtype=torch.float32)
+    a, b = a.detach().cuda().requires_grad_(), b.detach().cuda().requires_grad_()
+    scale_cpu = torch.tensor(2.0, requires_grad=True)
+    bias_cpu = torch.tensor(-1.0, requires_grad=True)
+    kw = dict(source_ids=src.cuda(), positive_ids=pos.cuda(), source_weight=2.0, kind="siglip")
+    loss = contrastive_loss(a, b, logit_scale=scale_cpu, logit_bias=bias_cpu, backend=backend, **kw)
+    loss.backward()
+    scale_gpu = scale_cpu.detach().cuda().requires_grad_()
+    bias_gpu = bias_cpu.detach().cuda().requires_grad_()
+    ref = contrastive_loss_reference(a, b, logit_scale=scale_gpu, logit_bias=bias_gpu, **kw)
+    ref.backward()
+    helpers.assert_close(loss, ref, dtype=torch.float32)
+    helpers.assert_close(scale_cpu.grad, scale_gpu.grad.cpu(), dtype=torch.float32)
+    helpers.assert_close(bias_cpu.grad, bias_gpu.grad.cpu(), dtype=torch.float32)
