@@ -107,6 +107,9 @@ class QuadrupleDataset(Dataset):
         self.source_names = sorted({c.source for c in self.clips})
         code = {name: i for i, name in enumerate(self.source_names)}
         self.source_ids = [code[c.source] for c in self.clips]
+        self._source_clips: list[list[int]] = [[] for _ in self.source_names]  # clip indices per source id
+        for j, sid in enumerate(self.source_ids):
+            self._source_clips[sid].append(j)
         self.languages = sorted({lang for c in self.clips for lang in c.languages})
         self.num_skipped = 0
         self._bad: set[int] = set()
@@ -181,7 +184,7 @@ class QuadrupleDataset(Dataset):
 
     def _replacement(self, index: int, epoch: int, attempt: int) -> int:
         rng = np.random.default_rng([self.seed, epoch, index, attempt, 0xBAD])
-        same = [j for j, s in enumerate(self.source_ids) if s == self.source_ids[index] and j != index and j not in self._bad]
+        same = [j for j in self._source_clips[self.source_ids[index]] if j != index and j not in self._bad]
         if same:
             return int(rng.choice(same))
         return int(rng.integers(len(self.clips)))

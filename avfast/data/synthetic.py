@@ -18,10 +18,7 @@ Layout written under ``out_dir``::
 """
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +37,6 @@ _PHRASES = {
     "de": ["der rote ball prallt von der wand ab", "sieh das schnelle quadrat", "hier kommt der kleine kreis"],
     "it": ["la palla rossa rimbalza sul muro", "guarda il quadrato veloce", "ecco il piccolo cerchio"],
 }
-_ESPEAK_VOICES = {"en": "en-us", "fr": "fr-fr"}
 # per language: fundamental frequency (Hz) and syllables per second of the synthetic voice
 _VOICE_STYLE = {"en": (120.0, 4.5), "es": (150.0, 6.0), "fr": (135.0, 5.2), "ja": (190.0, 7.0),
                 "de": (110.0, 4.2), "it": (160.0, 5.6)}
@@ -80,13 +76,11 @@ def synthetic_voice(seconds: float, sample_rate: int, language: str, rng: np.ran
     return (0.5 * out / (np.abs(out).max() + 1e-9)).astype(np.float32)
 
 
-def _espeak(text: str, language: str, sample_rate: int, workdir: str) -> np.ndarray:
-    from avfast.data.audio import load_audio
+def _espeak(text: str, language: str, sample_rate: int) -> np.ndarray:
+    """espeak-ng speech (the dubbing pipeline's TTS at 165 words per minute), peak 0.5: float32 (N,)."""
+    from avfast.data.dubbing import EspeakTTS
 
-    wav = os.path.join(workdir, f"{language}_{abs(hash(text)) % 10**8}.wav")
-    voice = _ESPEAK_VOICES.get(language, language)
-    subprocess.run(["espeak-ng", "-v", voice, "-s", "165", "-w", wav, text], check=True, capture_output=True)
-    wave = load_audio(wav, sample_rate, channels=1)[0].numpy()
+    wave = EspeakTTS(words_per_minute=165)(text, language, sample_rate)
     return (0.5 * wave / (np.abs(wave).max() + 1e-9)).astype(np.float32)
 
 
@@ -265,48 +259,47 @@ def make_demo_data(out_dir, *, num_movies: int = 12, shots_per_movie: int = 4, s
     out_dir = Path(out_dir)
     (out_dir / "movies").mkdir(parents=True, exist_ok=True)
     clips: list[Clip] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        speech_cache: dict[tuple[str, int], np.ndarray] = {}
-        for m in range(num_movies):
-            rng = np.random.default_rng([seed, m])
-            langs = list(languages[: int(rng.integers(min_languages, len(languages) + 1))])
-            name = f"m{m:03d}"
-            frames, tracks, bg_all, t0 = [], {lang: [] for lang in langs}, [], 0.0
-            for s in range(shots_per_movie):
-                n = int(round(rng.uniform(*shot_seconds) * fps))
-                shot = _ShotRenderer(rng, width, height, fps, sample_rate, n)
-                bg = shot.background()
-                slot = slice(int(0.4 * sample_rate), len(bg) - int(0.3 * sample_rate))
-                speech = {}
-                for lang in langs:
-                    k = int(rng.integers(len(_PHRASES.get(lang, _PHRASES["en"]))))
-                    if use_espeak:
-                        key = (lang, k)
-                        if key not in speech_cache:
-                            speech_cache[key] = _espeak(_PHRASES.get(lang, _PHRASES["en"])[k], lang, sample_rate, tmp)
-                        line = speech_cache[key]
-                    else:
-                        line = synthetic_voice(2.5, sample_rate, lang, np.random.default_rng([seed, m, s, k, list(languages).index(lang)]))
-                    full = np.zeros_like(bg)
-                    full[slot] = _fit(line, slot.stop - slot.start)
-                    speech[lang] = full
-                mouth = _envelope(speech[langs[0]], sample_rate, fps, n)
-                frames += [shot.frame(f, mouth[f]) for f in range(n)]
-                for lang in langs:
-                    tracks[lang].append(np.clip(bg + speech[lang], -1, 1))
-                bg_all.append(bg)
-                end = t0 + n / fps
-                clips.append(Clip(video=f"movies/{name}.mp4",
-                                  audio={lang: f"movies/{name}.{lang}.flac" for lang in langs},
-                                  source=name, start=round(t0, 6), end=round(end, 6), primary=langs[0],
-                                  separated=f"movies/{name}.sep.flac",
-                                  labels={"shapes": sorted(sh.kind for sh in shot.shapes)}))
-                t0 = end
-            waves = {lang: np.concatenate(v) for lang, v in tracks.items()}
-            for lang, wave in waves.items():
-                save_audio(out_dir / "movies" / f"{name}.{lang}.flac", wave, sample_rate)
-            save_audio(out_dir / "movies" / f"{name}.sep.flac", np.concatenate(bg_all), sample_rate)
-            _write_movie(out_dir / "movies" / f"{name}.mp4", np.stack(frames), waves, fps, sample_rate, embed_audio)
+    speech_cache: dict[tuple[str, int], np.ndarray] = {}
+    for m in range(num_movies):
+        rng = np.random.default_rng([seed, m])
+        langs = list(languages[: int(rng.integers(min_languages, len(languages) + 1))])
+        name = f"m{m:03d}"
+        frames, tracks, bg_all, t0 = [], {lang: [] for lang in langs}, [], 0.0
+        for s in range(shots_per_movie):
+            n = int(round(rng.uniform(*shot_seconds) * fps))
+            shot = _ShotRenderer(rng, width, height, fps, sample_rate, n)
+            bg = shot.background()
+            slot = slice(int(0.4 * sample_rate), len(bg) - int(0.3 * sample_rate))
+            speech = {}
+            for lang in langs:
+                k = int(rng.integers(len(_PHRASES.get(lang, _PHRASES["en"]))))
+                if use_espeak:
+                    key = (lang, k)
+                    if key not in speech_cache:
+                        speech_cache[key] = _espeak(_PHRASES.get(lang, _PHRASES["en"])[k], lang, sample_rate)
+                    line = speech_cache[key]
+                else:
+                    line = synthetic_voice(2.5, sample_rate, lang, np.random.default_rng([seed, m, s, k, list(languages).index(lang)]))
+                full = np.zeros_like(bg)
+                full[slot] = _fit(line, slot.stop - slot.start)
+                speech[lang] = full
+            mouth = _envelope(speech[langs[0]], sample_rate, fps, n)
+            frames += [shot.frame(f, mouth[f]) for f in range(n)]
+            for lang in langs:
+                tracks[lang].append(np.clip(bg + speech[lang], -1, 1))
+            bg_all.append(bg)
+            end = t0 + n / fps
+            clips.append(Clip(video=f"movies/{name}.mp4",
+                              audio={lang: f"movies/{name}.{lang}.flac" for lang in langs},
+                              source=name, start=round(t0, 6), end=round(end, 6), primary=langs[0],
+                              separated=f"movies/{name}.sep.flac",
+                              labels={"shapes": sorted(sh.kind for sh in shot.shapes)}))
+            t0 = end
+        waves = {lang: np.concatenate(v) for lang, v in tracks.items()}
+        for lang, wave in waves.items():
+            save_audio(out_dir / "movies" / f"{name}.{lang}.flac", wave, sample_rate)
+        save_audio(out_dir / "movies" / f"{name}.sep.flac", np.concatenate(bg_all), sample_rate)
+        _write_movie(out_dir / "movies" / f"{name}.mp4", np.stack(frames), waves, fps, sample_rate, embed_audio)
     manifest = out_dir / "manifest.jsonl"
     write_manifest(manifest, clips)
     return manifest

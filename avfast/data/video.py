@@ -209,6 +209,11 @@ def frame_indices(path, times: np.ndarray) -> np.ndarray:
     """Index (in display order) of the frame shown at each of ``times`` (VFR safe, from timestamps)."""
     path = os.fspath(path)
     pts, _ = _frame_index(path, os.path.getmtime(path))
+    return _shown_at(pts, times)
+
+
+def _shown_at(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Index of the last of the sorted frame times ``pts`` at or before each of ``times``."""
     return np.clip(np.searchsorted(pts, np.asarray(times) + _EPS, side="right") - 1, 0, len(pts) - 1)
 
 
@@ -263,14 +268,14 @@ class DaliVideoReader:
             encoded, frames = [], []
             for c in chunk:
                 path = os.fspath(c["path"])
-                _, end = _frame_index(path, os.path.getmtime(path))
+                pts, end = _frame_index(path, os.path.getmtime(path))
                 fps = c.get("fps", 25.0)
                 duration = _check_interval(path, c.get("start", 0.0), c.get("duration"), end, fps)
                 times = clip_times(c.get("start", 0.0), duration, c.get("num_frames", 16), fps,
                                    c.get("sampling", "uniform"))
                 with open(path, "rb") as f:
                     encoded.append(np.frombuffer(f.read(), dtype=np.uint8))
-                frames.append(frame_indices(path, times).astype(np.int32))
+                frames.append(_shown_at(pts, times).astype(np.int32))
             pad = self.batch_size - len(chunk)  # DALI runs fixed-size batches; repeat the last sample
             self._pipe.feed_input("encoded", encoded + encoded[-1:] * pad)
             self._pipe.feed_input("frames", frames + frames[-1:] * pad)
