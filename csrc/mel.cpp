@@ -338,6 +338,15 @@ at::Tensor mel_spectrogram_cpu(const at::Tensor& wave, const at::Tensor& lengths
   const int64_t B = wave.size(0), C = wave.size(1), T = wave.size(2);
   const int64_t n_mels = fb.size(1), win_len = window.size(0);
   TORCH_CHECK(fb.size(0) == n_fft / 2 + 1 && win_len <= n_fft, "mel_spectrogram_cpu: bad filter bank or window");
+  // Index tensors are read through raw pointers below: check them here, not by a crash there.
+  for (const at::Tensor* t : {&lengths, &frames, &bands, &freq_masks, &time_masks})
+    TORCH_CHECK(t->scalar_type() == at::kLong && t->device().is_cpu(),
+                "mel_spectrogram_cpu: lengths, frames, bands and masks must be int64 CPU tensors");
+  TORCH_CHECK(lengths.numel() == B && frames.numel() == B, "mel_spectrogram_cpu: lengths and frames must have B entries");
+  TORCH_CHECK(bands.dim() == 2 && bands.size(0) == n_mels && bands.size(1) == 2,
+              "mel_spectrogram_cpu: bands must be (n_mels, 2)");
+  for (const at::Tensor* t : {&freq_masks, &time_masks})
+    TORCH_CHECK(t->dim() == 3 && t->size(0) == B && t->size(2) == 2, "mel_spectrogram_cpu: masks must be (B, n, 2)");
   Params p{n_fft, hop, offset, boundary, n_out, log_mode, static_cast<float>(preemphasis),
            static_cast<float>(power), static_cast<float>(log_eps), static_cast<float>(log_offset),
            static_cast<float>(top_db), static_cast<float>(mean), static_cast<float>(std),

@@ -329,3 +329,22 @@ def test_gpu_auto_picks_fused_and_compiles():
 
     assert select("mel_spectrogram", x[:, None], torch.zeros(2, dtype=torch.long, device="cuda")).name in ("cuda", "triton")
     check_compiles(lambda w: mel_spectrogram(w, "event", backend="triton"), x, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not has_op("mel_spectrogram_cpu"), reason="avfast._C without the mel kernel")
+def test_cpp_private_op_rejects_malformed_index_tensors():
+    # The C++ op reads these through raw pointers: wrong shapes must raise, never read out of bounds.
+    from avfast.ops.mel import fused_args
+
+    cfg = MelConfig.preset("event")
+    wave = torch.randn(2, 1, 4000)
+    masks = MelMasks(torch.zeros(2, 0, 2, dtype=torch.long), torch.zeros(2, 0, 2, dtype=torch.long))
+    args = list(fused_args(wave, torch.tensor([4000, 4000]), masks, cfg))
+    torch.ops.avfast_C.mel_spectrogram_cpu(*args, 0)  # well-formed: runs
+    for index, bad, match in ((6, torch.zeros(1, 1, 2, dtype=torch.long), "masks must be"),
+                              (7, torch.zeros(2, 1, 2, dtype=torch.int32), "int64"),
+                              (1, torch.tensor([4000]), "B entries")):
+        broken = list(args)
+        broken[index] = bad
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.avfast_C.mel_spectrogram_cpu(*broken, 0)
