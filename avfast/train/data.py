@@ -101,6 +101,7 @@ class ManifestSource:
                              f"x {world_size} ranks; lower data.batch_size")
         self.clips_per_batch = d.batch_size * world_size
         self._epoch, self._start = 0, 0
+        self._skipped = 0  # replaced bad clips in the batches trained on (counted here: workers' counters stay there)
 
     def batches(self, epoch: int, start: int):
         self.sampler.set_epoch(epoch)
@@ -108,11 +109,13 @@ class ManifestSource:
         state["segments"] = [[self.world_size, self.loader.batch_sampler.sampler.batch_size, start]] if start else []
         self.sampler.load_state_dict(state)
         self._epoch, self._start = epoch, start
-        yield from self.loader
+        for batch in self.loader:
+            self._skipped += int(batch["skipped"].sum())
+            yield batch
 
     def state_dict(self) -> dict:
         return {"epoch": self._epoch, "start": self._start, "num_clips": len(self.dataset),
-                "skipped": int(self.dataset.num_skipped)}
+                "skipped": self._skipped}
 
 
 class EvalClips:

@@ -46,3 +46,21 @@ def test_pretrain_resume_and_eval(demo_manifest, tmp_path, capsys):
     results = json.loads((tmp_path / "e.json").read_text())
     assert results["retrieval"]["audio->video"]["queries"] == 6
     assert set(results["probe"]) == {"video", "audio"}
+
+
+def test_skipped_clips_are_counted_with_loader_workers(demo_manifest, tmp_path):
+    # Bad clips are replaced inside DataLoader workers; the run's count must still see them.
+    from avfast.train.config import load_config
+    from avfast.train.data import ManifestSource
+
+    lines = Path(demo_manifest).read_text().splitlines()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    bad = json.loads(lines[0])
+    bad["video"] = str(broken)
+    manifest = Path(demo_manifest).parent / "manifest_one_broken.jsonl"  # relative clip paths stay valid
+    manifest.write_text("\n".join([json.dumps(bad)] + lines[1:]) + "\n")
+    cfg = load_config(str(CONFIG), SMALL + ["data.num_workers=1", "data.on_error=skip"])
+    source = ManifestSource(cfg, str(manifest))
+    seen = sum(int(b["skipped"].sum()) for b in source.batches(0, 0))
+    assert seen > 0 and source.state_dict()["skipped"] == seen
