@@ -135,8 +135,8 @@ class MelConfig:
     def n_freq(self) -> int:
         return self.n_fft // 2 + 1
 
-    def frames(self, length: int) -> int:
-        """Frames computed from a wave of ``length`` samples (before ``target_frames``)."""
+    def frames(self, length):
+        """Frames computed from a wave of ``length`` samples (before ``target_frames``); int or (B,) tensor."""
         return num_frames(length, n_fft=self.n_fft, win_length=self.win, hop_length=self.hop, kaldi=self.kaldi,
                           center=self.center, snip_edges=self.snip_edges)
 

@@ -107,16 +107,22 @@ def mel_bands(fb: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.minimum(first, last), last], 1)
 
 
-def num_frames(length: int, *, n_fft: int, win_length: int, hop_length: int, kaldi: bool, center: bool,
-               snip_edges: bool) -> int:
-    """Frames of a wave of ``length`` samples (0 when it is too short)."""
+def num_frames(length, *, n_fft: int, win_length: int, hop_length: int, kaldi: bool, center: bool,
+               snip_edges: bool):
+    """Frames of a wave of ``length`` samples (0 when it is too short).
+
+    ``length`` is an int or an int64 tensor of lengths (elementwise, no host sync).
+    """
+    def at_least_zero(frames):
+        return frames.clamp(min=0) if isinstance(frames, torch.Tensor) else max(frames, 0)
+
     if kaldi:
         if snip_edges:
-            return 1 + (length - win_length) // hop_length if length >= win_length else 0
+            return at_least_zero(1 + (length - win_length) // hop_length)
         return (length + hop_length // 2) // hop_length
     if center:
         return 1 + length // hop_length
-    return 1 + (length - n_fft) // hop_length if length >= n_fft else 0
+    return at_least_zero(1 + (length - n_fft) // hop_length)
 
 
 def frame_offset(*, n_fft: int, win_length: int, hop_length: int, kaldi: bool, center: bool, snip_edges: bool) -> int:

@@ -311,16 +311,7 @@ def _run_fused(kernel, wave, lengths, masks, cfg):
 
 def _valid_frames(lengths: Tensor, cfg: MelConfig) -> Tensor:
     """(B,) frames each sample yields (tensor arithmetic: no host sync)."""
-    n, hop = lengths, cfg.hop
-    if cfg.kaldi and cfg.snip_edges:
-        f = torch.where(n >= cfg.win, 1 + (n - cfg.win) // hop, torch.zeros_like(n))
-    elif cfg.kaldi:
-        f = (n + hop // 2) // hop
-    elif cfg.center:
-        f = 1 + n // hop
-    else:
-        f = torch.where(n >= cfg.n_fft, 1 + (n - cfg.n_fft) // hop, torch.zeros_like(n))
-    return f.contiguous()
+    return cfg.frames(lengths).contiguous()
 
 
 # Public function --------------------------------------------------------------------------------
