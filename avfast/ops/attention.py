@@ -34,6 +34,11 @@ OP = "cross_attention"
 MAX_HEAD_DIM = 256
 
 
+def _head_dim_reasons(q) -> list[str]:
+    """Refusal of the fused kernels for a head dim they do not tile."""
+    return [f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"] if q.shape[-1] > MAX_HEAD_DIM else []
+
+
 # ------------------------------------------------------------------------------------- reference
 
 
@@ -196,9 +201,7 @@ def _no_dropout_no_bias_grad(name: str):
             reasons.append(f"dropout is drawn from avfast's generator; {name} draws its own")
         if bias_grad:
             reasons.append(f"{name} gives no gradient for attn_bias")
-        if q.shape[-1] > MAX_HEAD_DIM:
-            reasons.append(f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}")
-        return reasons
+        return reasons + _head_dim_reasons(q)
 
     return check
 
@@ -335,7 +338,7 @@ register_backend(OP, "xformers", priority=25, devices=("cuda",), dtypes=(torch.f
 
 
 def _gpu_kernel_check(q, k, v, kv_lens=None, kpm=None, bias=None, *, dropout_p=0.0, bias_grad=False, **_):
-    reasons = [f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"] if q.shape[-1] > MAX_HEAD_DIM else []
+    reasons = _head_dim_reasons(q)
     b, hq, lq = q.shape[:3]
     if b * hq > 65535:
         reasons.append(f"B * Hq = {b * hq} exceeds the CUDA grid limit 65535")
