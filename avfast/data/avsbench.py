@@ -313,7 +313,8 @@ class SyntheticAVS:
     for AVSS). Audio per frame: the sum of the sounding tones (waves) or, with ``audio="features"``,
     a fixed random 128-d embedding per class summed plus noise (a stand-in for VGGish vectors).
 
-    ``tensors(n)`` -> dict of ``frames`` (n, T, 3, H, W) normalised, ``audio``, ``masks``, ``valid``.
+    ``tensors(n)`` -> dict of ``frames`` (n, T, 3, H, W) normalised, ``audio``, ``masks``, ``valid`` and
+    ``objects`` (every shape's pixels, sounding or not: the answer of a model that ignores the audio).
     """
 
     def __init__(self, task: str = "s4", *, size: int = 64, frames: int | None = None, num_classes: int = 6,
@@ -341,6 +342,7 @@ class SyntheticAVS:
         background = rng.uniform(0.0, 0.2, size=3)
         frames = np.empty((t, s, s, 3), np.uint8)
         labels = np.zeros((t, s, s), np.int64)
+        objects = np.zeros((t, s, s), bool)
         for i in range(t):
             img = np.broadcast_to(background, (s, s, 3)).copy()
             for j, c in enumerate(classes):
@@ -348,13 +350,15 @@ class SyntheticAVS:
                 m = _shape_mask(int(c), cx, cy, radius[j], s, s)
                 img[m] = self.colours[c]
                 labels[i][m] = c if c in sounding else 0   # later shapes occlude earlier ones
+                objects[i][m] = True
             frames[i] = (np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1) * 255).astype(np.uint8)
         tt = np.arange(SAMPLE_RATE) / SAMPLE_RATE
         waves = np.zeros((t, SAMPLE_RATE), np.float32)
         for c in sounding:
             waves += 0.3 * np.sin(2 * np.pi * 220 * 2 ** ((c - 1) / 4) * tt + rng.uniform(0, 2 * np.pi))
         waves += rng.normal(0, 0.01, waves.shape).astype(np.float32)
-        return {"frames": frames, "labels": labels, "classes": classes, "sounding": sounding, "waves": waves}
+        return {"frames": frames, "labels": labels, "objects": objects, "classes": classes, "sounding": sounding,
+                "waves": waves}
 
     def _audio(self, clip: dict, rng: np.random.Generator) -> np.ndarray:
         if self.audio == "wave":
@@ -370,7 +374,8 @@ class SyntheticAVS:
         labels = torch.from_numpy(np.stack([c["labels"] for c in clips]))
         masks = labels if self.task == "avss" else (labels > 0).float()
         audio = torch.from_numpy(np.stack([self._audio(c, rng) for c in clips])).float()
-        return {"frames": (frames - mean) / std, "audio": audio, "masks": masks,
+        objects = torch.from_numpy(np.stack([c["objects"] for c in clips])).float()
+        return {"frames": (frames - mean) / std, "audio": audio, "masks": masks, "objects": objects,
                 "valid": torch.ones(n, self.frames, dtype=torch.bool)}
 
 
