@@ -1,8 +1,9 @@
 """The ``avfast`` command line: ``avfast info | bench | make-demo-data | pretrain | eval | dub``.
 
-Subcommands live in the modules listed in ``_COMMANDS``; each module defines
-``add_parser(subparsers)`` that registers its subcommand and sets ``func``. A module that is not part
-of this build yet is left out of the help.
+Subcommands live in the modules listed in ``_COMMANDS`` and in the model families' modules
+(``avfast/train/families/*.py``, found by scanning); each defines ``add_parser(subparsers)`` that
+registers its subcommand and sets ``func``. A module that is not part of this build yet is left out
+of the help.
 """
 from __future__ import annotations
 
@@ -95,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         mod.add_parser(sub)
+    from avfast.train.family import family_modules
+
+    for mod in family_modules().values():
+        if hasattr(mod, "add_parser"):
+            mod.add_parser(sub)
     return parser
 
 

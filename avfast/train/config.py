@@ -1,8 +1,11 @@
 """Run configuration: dataclasses, YAML/TOML/JSON files, ``--set a.b=c`` overrides.
 
-A file holds any subset of the sections below; missing keys keep their defaults (seed 001's
-settings). ``base: other.yaml`` (path relative to the file) inherits another file first. Unknown
-keys are errors that name the key, so a typo never silently trains the wrong thing.
+A config belongs to one model family (top-level ``family:``, default ``dub``, seed 001): the family
+(``avfast.train.family``) declares the dataclasses of its ``model``, ``data``, ``loss`` and ``eval``
+sections and may change the defaults of the shared ``optim`` and ``train`` sections to its paper's.
+A file holds any subset of the keys; missing keys keep their defaults. ``base: other.yaml`` (path
+relative to the file) inherits another file first. Unknown keys are errors that name the key, so a
+typo never silently trains the wrong thing.
 
 >>> cfg = load_config("configs/demo.yaml", ["optim.lr=1e-3", "data.batch_size=8"])
 """
@@ -17,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Config", "ModelConfig", "DataConfig", "LossConfig", "OptimConfig", "TrainConfig", "EvalConfig",
-           "VARIANTS", "load_config", "apply_overrides", "config_to_dict", "config_from_dict", "ConfigError"]
+           "VARIANTS", "OPTIMIZERS", "SCHEDULES", "load_config", "apply_overrides", "config_to_dict",
+           "config_from_dict", "ConfigError", "check_choices", "check_ranges"]
 
 # seed 001's pretraining variants (supplementary B.3)
 VARIANTS = ("monolingual", "bilingual", "multilingual", "no_speech", "audio_only")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "step", "multistep", "constant")
 
 
 class ConfigError(ValueError):
@@ -74,13 +80,21 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "adamw"  # adamw | adam | sgd
     lr: float = 3e-4
     weight_decay: float = 5e-2
-    betas: tuple = (0.9, 0.999)
+    decay_1d: bool = False  # weight decay on biases and norm scales too (the public SGD codes do)
+    betas: tuple = (0.9, 0.999)  # adam / adamw
     eps: float = 1e-8
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
     epochs: float = 12.0
-    warmup_epochs: float = 2.0
-    min_lr_ratio: float = 0.0
+    schedule: str = "cosine"  # cosine (half-cosine to min_lr_ratio) | step | multistep | constant
+    warmup_epochs: float = 2.0  # linear warm-up before any schedule
+    min_lr_ratio: float = 0.0  # cosine: final lr / lr
+    step_size: float = 0.0  # step: epochs between decays
+    milestones: list = field(default_factory=list)  # multistep: epochs at which lr *= gamma
+    gamma: float = 0.1  # step / multistep decay factor
     grad_accum: int = 1
     clip_grad_norm: float = 0.0  # 0: no clipping
 
@@ -99,6 +113,10 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
     progress: bool = True
     threads: int = 0  # torch intra-op threads in the training process (0: torch's default)
+    eval_every: int = 0  # epochs between evaluations during training (0: none; the command evaluates at the end)
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping (0: off)
+    early_stopping_metric: str = ""  # key of the family's evaluation dict (needs eval_every > 0)
+    early_stopping_mode: str = "max"  # max | min
 
 
 @dataclass
@@ -116,35 +134,83 @@ class EvalConfig:
 
 @dataclass
 class Config:
+    """One run's configuration. ``model``/``data``/``loss``/``eval`` are the dataclasses of
+    ``family`` (``avfast.train.family``); the defaults here are seed 001's (family ``dub``)."""
+
     name: str = "dub_x3d_r50"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    family: str = "dub"
+    model: Any = field(default_factory=ModelConfig)
+    data: Any = field(default_factory=DataConfig)
+    loss: Any = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: Any = field(default_factory=EvalConfig)
 
     def validate(self) -> "Config":
-        if self.data.variant not in VARIANTS:
-            raise ConfigError(f"data.variant must be one of {VARIANTS} ({self.data.variant!r} given)")
-        if isinstance(self.model.video, str) and self.model.video.lower() == "none":
-            self.model.video = None
-        if (self.data.variant == "audio_only") != (self.model.video is None):
-            raise ConfigError("data.variant 'audio_only' goes with model.video: null, and only it "
-                              f"(variant {self.data.variant!r}, video {self.model.video!r})")
-        checks = [("optim.grad_accum", self.optim.grad_accum >= 1), ("data.batch_size", self.data.batch_size >= 1),
-                  ("loss.tau", self.loss.tau > 0), ("loss.source_weight", self.loss.source_weight > 0),
-                  ("optim.lr", self.optim.lr > 0), ("optim.epochs", self.optim.epochs > 0),
-                  ("optim.warmup_epochs", 0 <= self.optim.warmup_epochs <= self.optim.epochs)]
-        for key, ok in checks:
-            if not ok:
-                raise ConfigError(f"{key} out of range ({_get(self, key)!r})")
-        for key, value, allowed in [("train.precision", self.train.precision, ("auto", "bf16", "fp16", "fp32")),
-                                    ("loss.gather", self.loss.gather, ("none", "all_gather", "ring")),
-                                    ("model.norm", self.model.norm, ("batch", "group"))]:
-            if value not in allowed:
-                raise ConfigError(f"{key} must be one of {allowed} ({value!r} given)")
+        """Check the shared sections, then the family's own rules; raises ``ConfigError`` naming the key."""
+        from avfast.train.family import get_family
+
+        family = get_family(self.family)
+        for section in SECTIONS:
+            expected = getattr(family, section)
+            if not isinstance(getattr(self, section), expected):
+                raise ConfigError(f"{section} of family {self.family!r} must be a {expected.__name__} "
+                                  f"({type(getattr(self, section)).__name__} given)")
+        o, t = self.optim, self.train
+        check_ranges(self, [("optim.grad_accum", o.grad_accum >= 1), ("optim.lr", o.lr > 0),
+                            ("optim.weight_decay", o.weight_decay >= 0), ("optim.epochs", o.epochs > 0),
+                            ("optim.warmup_epochs", 0 <= o.warmup_epochs <= o.epochs),
+                            ("optim.momentum", 0 <= o.momentum < 1), ("optim.gamma", 0 < o.gamma <= 1),
+                            ("optim.min_lr_ratio", 0 <= o.min_lr_ratio <= 1),
+                            ("optim.step_size", o.step_size > 0 or o.schedule != "step"),
+                            ("optim.milestones", list(o.milestones) == sorted(o.milestones)
+                             and all(m > 0 for m in o.milestones)),
+                            ("optim.clip_grad_norm", o.clip_grad_norm >= 0),
+                            ("train.eval_every", t.eval_every >= 0),
+                            ("train.early_stopping_patience", t.early_stopping_patience >= 0)])
+        check_choices([("optim.name", o.name, OPTIMIZERS), ("optim.schedule", o.schedule, SCHEDULES),
+                       ("train.precision", t.precision, ("auto", "bf16", "fp16", "fp32")),
+                       ("train.early_stopping_mode", t.early_stopping_mode, ("max", "min"))])
+        if o.schedule == "multistep" and not o.milestones:
+            raise ConfigError("optim.schedule 'multistep' needs optim.milestones (epochs), e.g. [20, 30]")
+        if t.early_stopping_patience and not (t.eval_every and t.early_stopping_metric):
+            raise ConfigError("train.early_stopping_patience needs train.eval_every > 0 and "
+                              "train.early_stopping_metric (a key of the family's evaluation)")
+        if family.validate is not None:
+            family.validate(self)
         return self
+
+
+SECTIONS = ("model", "data", "loss", "eval")  # the family-owned sections
+
+
+def check_ranges(cfg: Any, checks: list[tuple[str, bool]]) -> None:
+    """Raise ``ConfigError`` for the first ``(dotted key, ok)`` pair that is not ok, quoting the value."""
+    for key, ok in checks:
+        if not ok:
+            raise ConfigError(f"{key} out of range ({_get(cfg, key)!r})")
+
+
+def check_choices(checks: list[tuple[str, Any, tuple]]) -> None:
+    """Raise ``ConfigError`` for the first ``(dotted key, value, allowed)`` whose value is not allowed."""
+    for key, value, allowed in checks:
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {allowed} ({value!r} given)")
+
+
+def validate_dub(cfg: Config) -> None:
+    """Seed 001's cross-key rules (family ``dub``)."""
+    if cfg.data.variant not in VARIANTS:
+        raise ConfigError(f"data.variant must be one of {VARIANTS} ({cfg.data.variant!r} given)")
+    if isinstance(cfg.model.video, str) and cfg.model.video.lower() == "none":
+        cfg.model.video = None
+    if (cfg.data.variant == "audio_only") != (cfg.model.video is None):
+        raise ConfigError("data.variant 'audio_only' goes with model.video: null, and only it "
+                          f"(variant {cfg.data.variant!r}, video {cfg.model.video!r})")
+    check_ranges(cfg, [("data.batch_size", cfg.data.batch_size >= 1), ("loss.tau", cfg.loss.tau > 0),
+                       ("loss.source_weight", cfg.loss.source_weight > 0)])
+    check_choices([("loss.gather", cfg.loss.gather, ("none", "all_gather", "ring")),
+                   ("model.norm", cfg.model.norm, ("batch", "group"))])
 
 
 def _get(obj: Any, dotted: str) -> Any:
@@ -261,8 +327,32 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def config_from_dict(data: dict) -> Config:
-    """A validated ``Config`` from a nested dict (unknown keys raise ``ConfigError``)."""
-    return _fill(Config, data, "").validate()
+    """A validated ``Config`` from a nested dict (unknown keys raise ``ConfigError``).
+
+    The family's ``defaults`` (its paper's optimiser, schedule, ...) come first, then ``data``."""
+    from avfast.train.family import get_family
+
+    name = data.get("family", "dub")
+    if not isinstance(name, str):
+        raise ConfigError(f"family must be a string ({name!r} given)")
+    family = get_family(name)
+    data = _merge(family.defaults or {}, data)
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r}; known keys of the config: {sorted(known)}")
+    kwargs = {}
+    for key, value in data.items():
+        cls = getattr(family, key) if key in SECTIONS else typing.get_type_hints(Config)[key]
+        if dataclasses.is_dataclass(cls):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a mapping")
+            kwargs[key] = _fill(cls, value, f"{key}.")
+        else:
+            kwargs[key] = _coerce(value, cls, key)
+    for section in SECTIONS:
+        kwargs.setdefault(section, getattr(family, section)())
+    return Config(**kwargs).validate()
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -270,7 +360,14 @@ def config_to_dict(cfg: Config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the file at ``path`` (YAML/TOML/JSON, with ``base:`` inheritance), then overrides."""
-    data = _read_file(Path(path)) if path else {}
-    return config_from_dict(apply_overrides(data, overrides or []))
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
+                family: str | None = None) -> Config:
+    """Defaults, then the file at ``path`` (YAML/TOML/JSON, with ``base:`` inheritance), then overrides.
+
+    ``family``: the family a command trains; the file may omit ``family:`` but may not name another."""
+    data = apply_overrides(_read_file(Path(path)) if path else {}, overrides or [])
+    if family is not None:
+        if data.setdefault("family", family) != family:
+            raise ConfigError(f"{path or 'the overrides'}: family {data['family']!r}, but this command trains "
+                              f"family {family!r}")
+    return config_from_dict(data)

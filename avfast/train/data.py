@@ -1,4 +1,4 @@
-"""Data sources for the ``Trainer``: in-memory tensors, and manifests through ``avfast.data``.
+"""Data sources for the ``Trainer``: in-memory tensors, map-style datasets, and seed 001's manifests.
 
 Every call into ``avfast.data`` lives in this file. A source yields the epoch's micro-batches from
 any position, so a resumed run skips consumed batches at the index level (nothing is decoded twice).
@@ -11,7 +11,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["TensorSource", "ManifestSource", "EvalClips", "dataset_variant"]
+__all__ = ["TensorSource", "DatasetSource", "ManifestSource", "EvalClips", "dataset_variant"]
 
 
 class TensorSource:
@@ -157,3 +157,48 @@ def _collate_eval(items: list[dict]) -> dict:
 
     keys = [k for k in ("video", "audio", "audio_s", "clip") if k in items[0]]
     return default_collate([{k: it[k] for k in keys} for it in items])
+
+
+class DatasetSource:
+    """Shuffled batches of a map-style dataset (any family's items), split across ranks.
+
+    Args:
+        dataset: ``len(dataset)`` items; ``dataset[i]`` anything ``collate_fn`` batches.
+        batch_size: global batch (all ranks together); each rank loads ``batch_size // world_size``
+            consecutive indices of it, so N processes see exactly the one-process batch.
+        collate_fn: default ``torch.utils.data.default_collate``.
+        seed, shuffle: the order of epoch ``e`` is ``randperm(len, generator=seed + e)``.
+        num_workers: DataLoader workers (``batches`` builds the loader from ``start``, so a resumed
+            run loads only the batches it has not trained on).
+    The tail that does not fill a global batch is dropped.
+    """
+
+    def __init__(self, dataset, batch_size: int, *, collate_fn=None, seed: int = 0, shuffle: bool = True,
+                 num_workers: int = 0, rank: int = 0, world_size: int = 1):
+        if batch_size < 1 or batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} must be >= 1 and divisible by world_size {world_size}")
+        self.dataset, self.batch_size, self.collate_fn = dataset, batch_size, collate_fn
+        self.seed, self.shuffle, self.num_workers = seed, shuffle, num_workers
+        self.rank, self.world_size = rank, world_size
+        self.n = len(dataset)
+        self.steps_per_epoch = self.n // batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{self.n} items make no batch of {batch_size}; lower the batch size")
+        self.clips_per_batch = batch_size
+
+    def _local_batches(self, epoch: int, start: int) -> list[list[int]]:
+        order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+                 if self.shuffle else torch.arange(self.n))
+        local = self.batch_size // self.world_size
+        return [order[step * self.batch_size + self.rank * local:][:local].tolist()
+                for step in range(start, self.steps_per_epoch)]
+
+    def batches(self, epoch: int, start: int) -> Iterator:
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.dataset, batch_sampler=self._local_batches(epoch, start),
+                            collate_fn=self.collate_fn, num_workers=self.num_workers)
+        yield from loader
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "n": self.n, "batch_size": self.batch_size}

@@ -1,14 +1,15 @@
-"""Learning-rate schedule of seed 001: linear warm-up, then half-cosine annealing.
+"""Learning-rate schedules: linear warm-up, then half-cosine (seed 001), step or multi-step decay.
 
 The schedule is a pure function of the optimizer step, so a resumed run continues exactly.
 """
 from __future__ import annotations
 
+import bisect
 import math
 
 import torch
 
-__all__ = ["warmup_cosine", "warmup_cosine_scheduler"]
+__all__ = ["warmup_cosine", "warmup_cosine_scheduler", "step_decay", "lr_multiplier"]
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
@@ -33,3 +34,33 @@ def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, 
     warmup_cosine(0, total_steps, warmup_steps, min_ratio)  # validate now, not at the first step
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps, min_ratio))
+
+
+def step_decay(step: int, gamma: float, *, every: int = 0, boundaries: list[int] = ()) -> float:
+    """``gamma ** n``: ``n = step // every`` (step decay) or the number of ``boundaries <= step``
+    (multi-step decay); ``every`` and ``boundaries`` in optimizer steps."""
+    if every:
+        return gamma ** (step // every)
+    return gamma ** bisect.bisect_right(boundaries, step)
+
+
+def lr_multiplier(step: int, *, schedule: str, total_steps: int, warmup_steps: int, min_ratio: float = 0.0,
+                  every: int = 0, boundaries: list[int] = (), gamma: float = 0.1) -> float:
+    """LR multiplier at optimizer step ``step`` for ``schedule``.
+
+    ``cosine`` is ``warmup_cosine``. The others are ``min(1, (step + 1) / warmup_steps)`` (linear
+    warm-up, 1 without one) times ``step_decay`` (``every`` for ``step``, ``boundaries`` for ``multistep``)
+    (boundaries counted from step 0, as torch's StepLR / MultiStepLR count epochs) or 1 for ``constant``.
+    """
+    if schedule == "cosine":
+        return warmup_cosine(step, total_steps, warmup_steps, min_ratio)
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if schedule == "constant":
+        return warm
+    if schedule == "step":
+        if every < 1:
+            raise ValueError(f"schedule 'step' needs every >= 1 optimizer steps ({every} given)")
+        return warm * step_decay(step, gamma, every=every)
+    if schedule == "multistep":
+        return warm * step_decay(step, gamma, boundaries=sorted(boundaries))
+    raise ValueError(f"schedule must be cosine, step, multistep or constant ({schedule!r} given)")

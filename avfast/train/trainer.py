@@ -1,12 +1,21 @@
-"""The training loop: AdamW, warm-up + half-cosine, AMP, accumulation, clipping, checkpoints, resume.
+"""The training loop of every model family: optimiser and schedule from the config, AMP,
+accumulation, hooks after backward, clipping, periodic evaluation, early stopping, checkpoints, resume.
 
 ``Trainer`` is model- and data-agnostic. It needs
 
 - ``model``: an ``nn.Module``;
-- ``objective(model, batch) -> (loss, logs)``: a scalar loss and a dict of floats to log;
+- ``objective(model, batch) -> (loss, logs)`` or ``(loss, logs, aux)``: a scalar loss, a dict of
+  floats to log, and optionally a dict handed to the hooks (e.g. per-modality logits for OGM-GE);
 - ``data``: a ``DataSource`` (``steps_per_epoch`` micro-batches per epoch on this rank,
   ``clips_per_batch`` clips per micro-batch over all ranks, ``batches(epoch, start)`` yielding the
-  epoch's micro-batches from index ``start``, and ``state_dict()``).
+  epoch's micro-batches from index ``start``, and ``state_dict()``);
+- optionally ``hooks``: objects with any of ``after_backward(trainer, aux_list) -> dict | None``
+  (called once per optimizer step after every micro-batch's backward, with the gradients unscaled
+  under fp16 AMP, before clipping and ``optimizer.step()``; ``aux_list`` holds each micro-batch's
+  ``aux``) and ``on_epoch_end(trainer, metrics) -> dict | None``; the dicts they return are logged;
+- optionally ``evaluate(trainer) -> dict`` run every ``train.eval_every`` epochs on every rank; with
+  ``train.early_stopping_patience`` the run stops after that many evaluations without improving
+  ``train.early_stopping_metric``, and ``checkpoints/best/`` keeps the best one.
 
 Exact resume: the checkpoint holds model, optimizer, scheduler, grad scaler, the data position
 (epoch, micro-batch) and every rank's RNG state; a resumed run computes the same next losses as an
@@ -29,7 +38,7 @@ from avfast.train.checkpoint import load_checkpoint, rng_state, save_checkpoint,
 from avfast.train.config import Config, config_to_dict
 from avfast.train.distributed import DistInfo, all_reduce_sum, unwrap_model, wrap_model
 from avfast.train.progress import MetricsLog, ProgressBar
-from avfast.train.schedule import warmup_cosine_scheduler
+from avfast.train.optim import build_optimizer, build_scheduler
 
 __all__ = ["Trainer", "DataSource", "seed_everything", "move_to_device", "resolve_precision"]
 
@@ -70,20 +79,18 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    # no weight decay on biases and normalisation scales (1-D parameters)
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 class Trainer:
     """Runs ``cfg.optim.epochs`` epochs of ``objective`` over ``data`` (see the module docstring)."""
 
     def __init__(self, cfg: Config, model: nn.Module, objective: Callable, data: DataSource, *,
                  out_dir: str | Path | None = None, dist_info: DistInfo | None = None,
+                 hooks: list | tuple = (), evaluate: Callable[["Trainer"], dict] | None = None,
                  log: Callable[[str], None] = print):
         self.cfg, self.objective, self.data = cfg, objective, data
+        self.hooks, self.evaluate = list(hooks), evaluate
+        t = cfg.train
+        if t.eval_every and evaluate is None:
+            raise ValueError("train.eval_every > 0 needs an evaluate function (the family has none)")
         self.dist = dist_info or DistInfo()
         self.device = self.dist.device
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -96,20 +103,21 @@ class Trainer:
         self.total_steps = max(1, math.ceil(cfg.optim.epochs * self.steps_per_epoch))
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
-        warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.autocast_dtype = resolve_precision(cfg.train.precision, self.device)
 
         self.model = wrap_model(model.to(self.device), self.dist, fsdp=cfg.train.fsdp, sync_bn=cfg.train.sync_bn)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                           betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-        self.scheduler = warmup_cosine_scheduler(self.optimizer, max(self.total_steps, warmup + 1), warmup,
-                                                 cfg.optim.min_lr_ratio)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.forward_model = torch.compile(self.model) if cfg.train.compile else self.model
         self.step = 0  # optimizer steps done
         self.epoch = 0
         self.position = 0  # micro-batches of `epoch` consumed
         self.history: list[float] = []  # this rank's loss per optimizer step (this process only)
+        self.evaluations: list[dict] = []  # (this process) every periodic evaluation, with its epoch
+        self.best: float | None = None  # best early-stopping metric so far
+        self.bad_evaluations = 0  # evaluations since it last improved
+        self.stop_requested = False  # set by early stopping or a hook (trainer.request_stop())
         self.metrics = None
         if self.out_dir is not None and self.dist.is_main:
             self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", self.out_dir / "tensorboard")
@@ -140,15 +148,19 @@ class Trainer:
         return {"model": model_state, "optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "data": self.data.state_dict(), "rng": rngs,
                 "trainer": {"step": self.step, "epoch": self.epoch, "position": self.position,
-                            "world_size": self.dist.world_size},
+                            "world_size": self.dist.world_size, "best": self.best,
+                            "bad_evaluations": self.bad_evaluations, "stopped": self.stop_requested},
                 "config": config_to_dict(self.cfg)}
 
-    def save(self) -> Path | None:
-        """Write a checkpoint (rank 0 writes; every rank must call). Returns its path on rank 0."""
+    def save(self, subdir: str = "") -> Path | None:
+        """Write a checkpoint (rank 0 writes; every rank must call) into ``checkpoints/`` or
+        ``checkpoints/<subdir>/`` (``best``: one kept). Returns its path on rank 0."""
         state = self.state_dict()
         path = None
         if self.dist.is_main:
-            path = save_checkpoint(self.checkpoint_dir, self.step, state, keep=self.cfg.train.keep_checkpoints)
+            directory = self.checkpoint_dir / subdir if subdir else self.checkpoint_dir
+            keep = 1 if subdir else self.cfg.train.keep_checkpoints
+            path = save_checkpoint(directory, self.step, state, keep=keep)
         if self.dist.distributed:
             dist.barrier()
         return path
@@ -166,6 +178,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         t = state["trainer"]
         self.step, self.epoch, self.position = t["step"], t["epoch"], t["position"]
+        self.best, self.bad_evaluations = t.get("best"), t.get("bad_evaluations", 0)
+        self.stop_requested = t.get("stopped", False)
         rngs = state["rng"]
         set_rng_state(rngs[self.dist.rank % len(rngs)])
 
@@ -189,13 +203,15 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         n = len(micro_batches)
-        total, logs = 0.0, {}
+        total, logs, aux = 0.0, {}, []
         for i, batch in enumerate(micro_batches):
             batch = move_to_device(batch, self.device)
             sync = (i == n - 1) or not isinstance(self.model, nn.parallel.DistributedDataParallel)
             with (contextlib.nullcontext() if sync else self.model.no_sync()):
                 with self._autocast():
-                    loss, parts = self.objective(self.forward_model, batch)
+                    out = self.objective(self.forward_model, batch)
+                loss, parts = out[0], out[1]
+                aux.append(out[2] if len(out) > 2 else {})
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {self.step} (micro-batch {i}); "
                                              "lower optim.lr or check the data")
@@ -203,8 +219,12 @@ class Trainer:
             total += loss.item() / n
             for k, v in parts.items():
                 logs[k] = logs.get(k, 0.0) + float(v) / n
+        after_backward = [h.after_backward for h in self.hooks if hasattr(h, "after_backward")]
+        if after_backward or self.cfg.optim.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)  # hooks and clipping see true gradients (no-op without fp16)
+        for hook in after_backward:
+            logs.update(_floats(hook(self, aux) or {}))
         if self.cfg.optim.clip_grad_norm > 0:
-            self.scaler.unscale_(self.optimizer)
             logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad_norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -241,7 +261,7 @@ class Trainer:
         last_loss = float("nan")
         usable = self.steps_per_epoch * self.accum
         saved_at = None
-        while self.step < self.total_steps:
+        while self.step < self.total_steps and not self.stop_requested:
             if self.position >= usable:
                 self.epoch, self.position = self.epoch + 1, 0
             before = self.step
@@ -265,13 +285,20 @@ class Trainer:
                     if self.metrics:
                         self.metrics.log(record, self.step)
                     bar.update(self.step, epoch=self.epoch, epochs=epochs, loss=loss_mean, **{"clips/s": rate})
+                if self.position >= usable:
+                    self._end_of_epoch()
                 epoch_done = self.position >= usable and not cfg.train.checkpoint_every
-                if self.out_dir is not None and (epoch_done or (
+                if self.out_dir is not None and (epoch_done or self.stop_requested or (
                         cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0)):
                     self.save()
                     saved_at = self.step
-                if self.step >= self.total_steps:
+                if self.step >= self.total_steps or self.stop_requested:
                     break
+            if self.stop_requested:
+                self.log(f"stopped early at epoch {self.epoch + 1}: no improvement of "
+                         f"{cfg.train.early_stopping_metric} in {self.bad_evaluations} evaluations "
+                         f"(best {self.best})")
+                break
             if self.step == before and self.position > 0:
                 # the source's epoch ended early (a same-source sampler's epoch length varies with
                 # its plan): go on with the next epoch
@@ -286,8 +313,54 @@ class Trainer:
         elapsed = time.perf_counter() - start
         rate = timed_clips / timed_seconds if timed_seconds else (clips / elapsed if elapsed else 0.0)
         return {"steps": self.step, "clips": clips, "seconds": elapsed, "clips_per_s": rate,
-                "loss": self._mean_over_ranks(last_loss)}
+                "loss": self._mean_over_ranks(last_loss), "best": self.best, "stopped_early": self.stop_requested}
+
+    def request_stop(self) -> None:
+        """End training after the current optimizer step (a checkpoint is written)."""
+        self.stop_requested = True
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.cfg.train.early_stopping_mode == "max" else value < self.best
+
+    def _end_of_epoch(self) -> None:
+        """Periodic evaluation, early stopping and the hooks' ``on_epoch_end`` (every rank)."""
+        t = self.cfg.train
+        metrics: dict = {}
+        if self.evaluate is not None and t.eval_every and (self.epoch + 1) % t.eval_every == 0:
+            metrics = self.evaluate(self)
+            self.evaluations.append({"epoch": self.epoch + 1, **metrics})
+            if t.early_stopping_metric:
+                if t.early_stopping_metric not in metrics:
+                    raise KeyError(f"train.early_stopping_metric {t.early_stopping_metric!r} is not in the "
+                                   f"evaluation's results {sorted(metrics)}")
+                value = float(metrics[t.early_stopping_metric])
+                if self._improved(value):
+                    self.best, self.bad_evaluations = value, 0
+                    if self.out_dir is not None:
+                        self.save("best")
+                else:
+                    self.bad_evaluations += 1
+                    if t.early_stopping_patience and self.bad_evaluations >= t.early_stopping_patience:
+                        self.request_stop()
+        for hook in self.hooks:
+            if hasattr(hook, "on_epoch_end"):
+                metrics.update(hook.on_epoch_end(self, metrics) or {})
+        if metrics and self.metrics:
+            self.metrics.log({"step": self.step, "epoch": self.epoch + 1, **_floats(metrics)}, self.step)
 
     def close(self) -> None:
         if self.metrics:
             self.metrics.close()
+
+
+def _floats(values: dict) -> dict:
+    """The entries of ``values`` that are numbers or 0-d tensors, as floats (for logging)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            out[key] = float(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
