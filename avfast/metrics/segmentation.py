@@ -88,6 +88,22 @@ def mask_iou(pred: torch.Tensor, target: torch.Tensor, *, logits: bool = False, 
     return _reduce(iou, reduction)
 
 
+def _threshold_buckets(p: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Number of ``thresholds`` (uniform from 0) that are <= each value: a pixel counts at thresholds
+    0 .. bucket - 1. Arithmetic for the bulk; ``bucketize`` (exact) only for values within 1e-3 of a
+    step, where float rounding could put the arithmetic one off (same result, ~3x faster on CPU)."""
+    k = thresholds.numel()
+    if k < 2:
+        return torch.bucketize(p, thresholds, right=True)
+    x = p * ((k - 1) / float(thresholds[-1]))
+    floor = x.floor()
+    frac = x - floor
+    bucket = (floor + 1).clamp_(0, k).long()
+    near = (frac < 1e-3) | (frac > 1 - 1e-3)
+    bucket[near] = torch.bucketize(p[near], thresholds, right=True)
+    return bucket
+
+
 def f_measure_curve(pred: torch.Tensor, target: torch.Tensor, *, logits: bool = False, beta2: float = 0.3,
                     num_thresholds: int = 255, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-frame F-measure at AVSBench's thresholds: -> (F (N, K) float32, valid (N,) bool).
@@ -106,8 +122,7 @@ def f_measure_curve(pred: torch.Tensor, target: torch.Tensor, *, logits: bool = 
         pc = _probabilities(p[start:start + chunk], logits)
         gc = g[start:start + chunk] != 0
         n = pc.shape[0]
-        # bucket b = number of thresholds <= value: the pixel counts at thresholds 0 .. b-1
-        bucket = torch.bucketize(pc, thresholds, right=True)
+        bucket = _threshold_buckets(pc, thresholds)
         flat = bucket + (k + 1) * torch.arange(n, device=p.device)[:, None]
         hist_all = torch.bincount(flat.reshape(-1), minlength=n * (k + 1)).view(n, k + 1)
         hist_tp = torch.bincount(flat[gc], minlength=n * (k + 1)).view(n, k + 1)

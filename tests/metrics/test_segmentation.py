@@ -135,6 +135,8 @@ def test_vectorised_metrics_equal_avsbench_loops_on_random_frames():
     pred[4, 0, 0] = 1.0                              # exact top value and a tie with a threshold
     pred[5, 1, 1] = thresholds_value = float(torch.linspace(0, 1 - 1e-10, 255)[100])
     assert thresholds_value > 0
+    pred[6, :3, 0] = torch.tensor([thresholds_value + 1e-7, thresholds_value - 1e-7, 0.0])
+    pred[7, 0, :2] = torch.tensor([1.0 - 1e-10, 0.999])
     assert f_score(pred.float(), gt).item() == pytest.approx(_avsbench_f_loop(pred.float(), gt), abs=1e-6)
     assert mask_iou(pred, gt).item() == pytest.approx(_avsbench_iou_loop(pred, gt), abs=1e-6)
     # chunking over frames changes nothing
