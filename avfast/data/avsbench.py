@@ -19,6 +19,7 @@ pattern) and ``s4_data/audio_wav/<split>/<category>/<name>.wav``; ``root/ms3_met
 there: ``<the wav path>.vggish.npy`` (our convention; the release's log-mel pickles are not read).
 
 Tasks: ``s4`` reads v1s (binary masks: any colour = object), ``ms3`` v1m (binary), ``avss`` v2
+(``subsets=("v1s", "v1m", "v2")`` adds the 5-frame clips, zero-padded to 10 frames with ``valid`` False)
 (class labels from the colour map). S4's training split labels only the first frame (AVSBench): its
 other masks are optional and ``valid`` says which frames have one; every other required mask that is
 missing raises ``DataError`` naming the file, as does a mask whose size differs from its frame's.
@@ -52,6 +53,7 @@ __all__ = ["AVSBENCH_TASKS", "AVSS_NUM_CLASSES", "avss_palette", "colour_to_labe
 AVSS_NUM_CLASSES = 71
 # task -> (subset directory, frames per clip)
 AVSBENCH_TASKS = {"s4": ("v1s", 5), "ms3": ("v1m", 5), "avss": ("v2", 10)}
+SUBSET_FRAMES = {"v1s": 5, "v1m": 5, "v2": 10}
 SPLITS = ("train", "val", "test")
 SAMPLE_RATE = 16000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -179,11 +181,15 @@ def _read_csv(path: Path, required: set) -> tuple[list[dict], list[str]]:
 
 
 def clip_paths(layout: str, root, task: str, split: str, name: str, category: str = "",
-               features_file: str = "vggish.npy") -> AVSBenchClip:
-    """The files of clip ``name`` in AVSBench's ``layout`` ("semantic" or "object"; module doc)."""
+               features_file: str = "vggish.npy", subset: str | None = None) -> AVSBenchClip:
+    """The files of clip ``name`` in AVSBench's ``layout`` ("semantic" or "object"; module doc).
+
+    ``subset`` (semantic layout): v1s | v1m | v2, default the task's; it sets the frame count."""
     root, t = Path(root), AVSBENCH_TASKS[task][1]
     if layout == "semantic":
-        d = root / AVSBENCH_TASKS[task][0] / name
+        subset = subset or AVSBENCH_TASKS[task][0]
+        t = SUBSET_FRAMES[subset]
+        d = root / subset / name
         return AVSBenchClip(name, split, tuple(d / "frames" / f"{i}.jpg" for i in range(t)),
                             tuple(d / "labels_rgb" / f"{i}.png" for i in range(t)), d / "audio.wav", d / features_file)
     if layout != "object" or task not in OBJECT_LAYOUT:
@@ -216,19 +222,24 @@ def _object_root(root: Path, task: str) -> Path | None:
     return None
 
 
-def find_clips(root, task: str, split: str, *, layout: str = "auto",
-               features_file: str = "vggish.npy") -> tuple[str, list[AVSBenchClip]]:
-    """(layout used, clips of ``task`` / ``split``) from the metadata csv of an AVSBench release."""
+def find_clips(root, task: str, split: str, *, layout: str = "auto", features_file: str = "vggish.npy",
+               subsets: tuple[str, ...] | None = None) -> tuple[str, list[AVSBenchClip]]:
+    """(layout used, clips of ``task`` / ``split``) from the metadata csv of an AVSBench release.
+
+    ``subsets`` (semantic layout): which of v1s / v1m / v2 to read (default: the task's own)."""
     root = Path(root)
     if layout == "auto":
         layout = "semantic" if (root / "metadata.csv").is_file() or _object_root(root, task) is None else "object"
     if layout == "semantic":
         path = root / "metadata.csv"
         rows, _ = _read_csv(path, {"uid", "split", "label"})
-        subset = AVSBENCH_TASKS[task][0]
-        clips = [clip_paths("semantic", root, task, split, r["uid"], features_file=features_file)
-                 for r in rows if r["label"] == subset and r["split"] == split]
-        where = f"{subset} clips"
+        subsets = tuple(subsets or (AVSBENCH_TASKS[task][0],))
+        unknown = sorted(set(subsets) - set(SUBSET_FRAMES))
+        if unknown:
+            raise ValueError(f"unknown AVSBench subsets {unknown} (v1s, v1m, v2)")
+        clips = [clip_paths("semantic", root, task, split, r["uid"], features_file=features_file, subset=r["label"])
+                 for r in rows if r["label"] in subsets and r["split"] == split]
+        where = f"{'/'.join(subsets)} clips"
     elif layout == "object":
         base = _object_root(root, task)
         if base is None:
@@ -269,7 +280,7 @@ class AVSBenchDataset(torch.utils.data.Dataset):
 
     def __init__(self, root, task: str, split: str, *, size: int = 224, audio: str = "wave",
                  snr_db: float | None = None, frame_mix: float = 0.0, seed: int = 0,
-                 features_file: str = "vggish.npy", layout: str = "auto"):
+                 features_file: str = "vggish.npy", layout: str = "auto", subsets: tuple[str, ...] | None = None):
         if task not in AVSBENCH_TASKS:
             raise ValueError(f"task must be one of {sorted(AVSBENCH_TASKS)} ({task!r} given)")
         if split not in SPLITS:
@@ -281,7 +292,8 @@ class AVSBenchDataset(torch.utils.data.Dataset):
         self.root, self.task, self.split, self.size = Path(root), task, split, size
         self.audio, self.snr_db, self.seed, self.features_file = audio, snr_db, seed, features_file
         self.subset, self.frames_per_clip = AVSBENCH_TASKS[task]
-        self.layout, self.clips = find_clips(self.root, task, split, layout=layout, features_file=features_file)
+        self.layout, self.clips = find_clips(self.root, task, split, layout=layout, features_file=features_file,
+                                             subsets=subsets)
         self.classes = self._class_names()
         rng = np.random.default_rng(seed)
         n = len(self.clips)
@@ -302,8 +314,10 @@ class AVSBenchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def _mask_required(self, i: int) -> bool:
-        return not (self.task == "s4" and self.split == "train" and i > 0)
+    def _mask_required(self, clip: AVSBenchClip, i: int) -> bool:
+        """AVSBench labels S4's (v1s) training clips on their first frame only."""
+        first_only = self.split == "train" and (self.task == "s4" or "/v1s/" in clip.frames[0].as_posix())
+        return not (first_only and i > 0)
 
     def _load_visual(self, clip: AVSBenchClip):
         frames, masks, valid = [], [], []
@@ -312,7 +326,7 @@ class AVSBenchDataset(torch.utils.data.Dataset):
                 frame_path = frame_path.with_suffix(".png")
             frame = read_image(frame_path)
             if not mask_path.is_file():
-                if self._mask_required(i):
+                if self._mask_required(clip, i):
                     raise DataError(mask_path, f"mask file missing (frame {i} of {clip.uid}, {self.task} {self.split})")
                 mask = np.zeros(frame.shape[:2], dtype=np.int64)
                 valid.append(False)
@@ -328,7 +342,7 @@ class AVSBenchDataset(torch.utils.data.Dataset):
         return torch.stack(frames), torch.stack(masks), torch.tensor(valid)
 
     def _load_audio(self, clip: AVSBenchClip, index: int) -> torch.Tensor:
-        t = self.frames_per_clip
+        t = len(clip.frames)
         if self.audio == "features":
             path = clip.features
             if not path.is_file():
@@ -357,14 +371,20 @@ class AVSBenchDataset(torch.utils.data.Dataset):
                 other_frames = F.interpolate(other_frames.float(), size=frames.shape[-2:], mode="bilinear",
                                              align_corners=False).round().clamp(0, 255).to(torch.uint8)
             idx = torch.from_numpy(swapped)
+            idx = idx[idx < min(frames.shape[0], other_frames.shape[0])]
             frames[idx] = other_frames[idx]
             masks[idx] = 0
         frames = _resize(frames.float() / 255.0, self.size, "bilinear")
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         masks = _resize(masks[:, None].float(), self.size, "nearest")[:, 0]
-        return {"frames": (frames - mean) / std, "audio": self._load_audio(clip, index),
-                "masks": masks.long() if self.task == "avss" else masks, "valid": valid, "uid": clip.uid}
+        frames, audio = (frames - mean) / std, self._load_audio(clip, index)
+        pad = self.frames_per_clip - frames.shape[0]
+        if pad > 0:  # a 5-frame v1s / v1m clip in the 10-frame AVSS task: zero frames, never scored
+            frames, masks, audio = (torch.cat([x, x.new_zeros(pad, *x.shape[1:])]) for x in (frames, masks, audio))
+            valid = torch.cat([valid, valid.new_zeros(pad)])
+        return {"frames": frames, "audio": audio, "masks": masks.long() if self.task == "avss" else masks,
+                "valid": valid, "uid": clip.uid}
 
 
 def collate_avs(items: list[dict]) -> dict:

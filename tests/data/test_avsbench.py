@@ -178,3 +178,19 @@ def test_avsbench_object_layout(tmp_path, task):
         AVSBenchDataset(tmp_path / "object", task, "test", size=24)[0]
     with pytest.raises(ValueError, match="no task 'avss'"):
         clip_paths("object", tmp_path, "avss", "test", "x")
+
+
+def test_avss_with_the_five_frame_subsets_pads_to_ten(tmp_path):
+    root = write_synthetic_avsbench(tmp_path, clips_per_split={"train": 1, "val": 1}, size=24)
+    ds = AVSBenchDataset(root, "avss", "train", size=24, subsets=("v1s", "v1m", "v2"))
+    assert sorted(c.uid for c in ds.clips) == ["v1m_train_000", "v1s_train_000", "v2_train_000"]
+    items = {c.uid: ds[i] for i, c in enumerate(ds.clips)}
+    for uid, valid in (("v1s_train_000", [True] + [False] * 9), ("v1m_train_000", [True] * 5 + [False] * 5),
+                       ("v2_train_000", [True] * 10)):
+        item = items[uid]
+        assert item["frames"].shape == (10, 3, 24, 24) and item["audio"].shape == (10, 16000)
+        assert item["valid"].tolist() == valid, uid
+        assert item["masks"].dtype == torch.int64
+    assert items["v1m_train_000"]["frames"][5:].abs().sum() == 0
+    with pytest.raises(ValueError, match="unknown AVSBench subsets"):
+        AVSBenchDataset(root, "avss", "train", subsets=("v3",))

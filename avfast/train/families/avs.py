@@ -31,6 +31,7 @@ class AVSDataConfig:
     task: str = "s4"                 # s4 | ms3 | avss (must equal model.task)
     root: str = ""                   # AVSBench root (semantic release: metadata.csv, v1s/, v1m/, v2/; or object release)
     layout: str = "auto"             # auto | semantic | object (avfast.data.avsbench)
+    subsets: list = dataclasses.field(default_factory=list)  # semantic layout: v1s / v1m / v2 ([]: the task's)
     size: int = 224                  # frames and masks resized to size x size (AVSBench evaluates at 224)
     batch_size: int = 4              # clips per optimizer step (AVSBench's public setting)
     num_workers: int = 0
@@ -91,7 +92,7 @@ def _dataset(cfg, split: str, snr_db: float | None = None):
 
         return AVSBenchDataset(d.root, d.task, split, size=d.size, audio=_audio_kind(cfg), snr_db=snr_db,
                                frame_mix=d.frame_mix if split != "train" else 0.0, seed=cfg.train.seed,
-                               features_file=d.features_file, layout=d.layout)
+                               features_file=d.features_file, layout=d.layout, subsets=tuple(d.subsets) or None)
     from avfast.data.avsbench import SyntheticAVS, add_noise_at_snr
 
     gen = SyntheticAVS(d.task, size=d.synthetic_size, audio=_audio_kind(cfg), seed=cfg.train.seed)
