@@ -283,7 +283,7 @@ class ICLAVSModel(nn.Module):
         self.top_proj = nn.Conv2d(chans[-1], c.dim, 1)
         self.channel_attn = ChannelCrossAttention(c.dim)
         self.temporal = CrossModalAttention(c.dim, c.heads, c.dropout, backend=c.backend) if c.temporal_attention else None
-        self.temporal_norm = nn.LayerNorm(c.dim)
+        self.temporal_norm = nn.LayerNorm(c.dim) if c.temporal_attention else None
         self.text = ImplicitText(c.dim, c.heads, c.k_text, c.backend) if c.implicit_text else None
         self.semantic = SemanticCounterfactual(c.dim, c.latent_dim, c.counterfactual) if c.implicit_text else None
         self.interaction = BidirectionalCrossAttention(c.dim, c.heads, dropout=c.dropout, backend=c.backend)
