@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from avfast.data.errors import DataError
 
 __all__ = ["AVSBENCH_TASKS", "AVSS_NUM_CLASSES", "avss_palette", "colour_to_labels", "labels_to_colour",
-           "read_image", "write_image", "AVSBenchClip", "clip_paths", "find_clips", "AVSBenchDataset", "add_noise_at_snr",
+           "read_image", "write_image", "AVSBenchClip", "clip_paths", "find_clips", "AVSBenchDataset",
+           "add_noise_at_snr",
            "SyntheticAVS", "write_synthetic_avsbench", "collate_avs"]
 
 AVSS_NUM_CLASSES = 71
@@ -90,7 +91,8 @@ def colour_to_labels(rgb: np.ndarray, path="<mask>", num_classes: int = AVSS_NUM
     found = keys[order][pos] == codes
     if not found.all():
         bad = rgb[~found][0]
-        raise DataError(path, f"colour {tuple(int(x) for x in bad)} is not in AVSBench's {num_classes}-class colour map")
+        raise DataError(path, f"colour {tuple(int(x) for x in bad)} is not in AVSBench's {num_classes}-class "
+                              "colour map")
     return order[pos]
 
 

@@ -185,7 +185,8 @@ def _fake_outputs(b=2, t=3, d=4, h=4, g=None):
     out = {"logits": r(b, t, 8, 8), "logits_cf": r(b, t, 8, 8), "z": r(b * t, 5), "z_cf": r(b * t, 5),
            "mu": r(b * t, 5), "logvar": r(b * t, 5)}
     for suffix in ("", "_cf"):
-        out["pixels" + suffix], out["audio" + suffix], out["text" + suffix] = r(b * t, d, h, h), r(b * t, d), r(b * t, d)
+        out["pixels" + suffix] = r(b * t, d, h, h)
+        out["audio" + suffix], out["text" + suffix] = r(b * t, d), r(b * t, d)
     masks = (torch.rand(b, t, 8, 8, generator=g) > 0.6).float()
     return out, masks
 

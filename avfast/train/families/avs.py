@@ -29,14 +29,14 @@ class AVSDataConfig:
     """Where the clips come from; ``root`` empty: synthetic clips."""
 
     task: str = "s4"                 # s4 | ms3 | avss (must equal model.task)
-    root: str = ""                   # AVSBench root (semantic release: metadata.csv, v1s/, v1m/, v2/; or object release)
+    root: str = ""                   # AVSBench root (semantic or object release; avfast.data.avsbench)
     layout: str = "auto"             # auto | semantic | object (avfast.data.avsbench)
     subsets: list = dataclasses.field(default_factory=list)  # semantic layout: v1s / v1m / v2 ([]: the task's)
     size: int = 224                  # frames and masks resized to size x size (AVSBench evaluates at 224)
     batch_size: int = 4              # clips per optimizer step (AVSBench's public setting)
     num_workers: int = 0
     snr_db: list = dataclasses.field(default_factory=list)  # extra evaluations with noisy audio (dB)
-    frame_mix: float = 0.0           # fraction of clips with frames swapped from other clips (0.25: the seed's MS3 test)
+    frame_mix: float = 0.0           # fraction of eval clips with frames of other clips (0.25: the seed's MS3)
     synthetic_clips: int = 64        # training clips of the synthetic set (val / test get half)
     synthetic_size: int = 64         # frame size of synthetic clips
     features_file: str = "vggish.npy"  # per-clip (T, 128) audio features when model.audio == "vggish"
