@@ -101,4 +101,4 @@ def test_training_on_synthetic_events_beats_chance(capsys):
     assert r["mAP"] > r["chance_mAP"] + 0.2, r
     print(r["table"])
     # Not asserted: each synthetic event type landing on its layer. Measured (this seed): 3 of 6
-    # categories (onset_0 -> onset, instant_0/1 -> instant); every layer learns every type here.
+    # categories (onset_0 -> onset, instant_0/1 -> instant); 16 epochs on 128 clips: 2 of 6 (top-1 1.0).
