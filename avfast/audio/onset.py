@@ -53,7 +53,8 @@ def onset_strength(wave: torch.Tensor, *, sample_rate: int = 16000, hop_length: 
 
     wave (B, T) or (T,) float -> envelope (B, 1 + T // hop) (or (frames,)) float32, on wave's device."""
     if wave.dim() not in (1, 2) or not wave.is_floating_point():
-        raise ValueError(f"onset_strength: wave must be a float (T,) or (B, T) tensor, got {wave.dtype} {tuple(wave.shape)}")
+        raise ValueError(f"onset_strength: wave must be a float (T,) or (B, T) tensor, "
+                         f"got {wave.dtype} {tuple(wave.shape)}")
     from avfast.ops import mel_spectrogram
 
     single = wave.dim() == 1

@@ -64,7 +64,8 @@ def read_vggsound_csv(path) -> tuple[list[dict], list[str]]:
             except ValueError:
                 raise DataError(path, f"line {n}: start_seconds {start!r} is not a number") from None
             cid = clip_id(yid, start_s)
-            entry = clips.setdefault(cid, {"clip": cid, "youtube_id": yid, "start": start_s, "labels": [], "split": split})
+            entry = clips.setdefault(cid, {"clip": cid, "youtube_id": yid, "start": start_s, "labels": [],
+                                           "split": split})
             if entry["split"] != split:
                 raise DataError(path, f"line {n}: clip {cid} is in splits {entry['split']!r} and {split!r}")
             for lab in label.split(";"):
@@ -81,8 +82,8 @@ class VGGSoundDataset(torch.utils.data.Dataset):
     Items: ``wave (seconds * sample_rate,)`` float32 mono, ``frames (3, fps * seconds, size, size)``
     uint8, ``labels (C,)`` float multi-hot, ``clip`` (str), ``boxes`` (list, [] without vggss.json)."""
 
-    def __init__(self, root, split: str = "train", *, seconds: float = 10.0, sample_rate: int = 16000, fps: float = 10.0,
-                 size: int = 112, classes: list[str] | None = None):
+    def __init__(self, root, split: str = "train", *, seconds: float = 10.0, sample_rate: int = 16000,
+                 fps: float = 10.0, size: int = 112, classes: list[str] | None = None):
         self.root = Path(root)
         rows, names = read_vggsound_csv(self.root / "vggsound.csv")
         self.classes = list(classes) if classes is not None else names
@@ -161,7 +162,8 @@ class SyntheticEvents:
             raise ValueError(f"max_events must be 1..3 ({max_events} given)")
         self.types = [EVENT_TYPES[c // classes_per_type] for c in range(self.classes)]
         self.class_names = [f"{t}_{c % classes_per_type}" for c, t in enumerate(self.types)]
-        self.seconds, self.fps, self.size, self.sr, self.max_events, self.seed = seconds, fps, size, sample_rate, max_events, seed
+        self.seconds, self.fps, self.size, self.sr = seconds, fps, size, sample_rate
+        self.max_events, self.seed = max_events, seed
 
     def _burst(self, f: float, dur: float, rng) -> np.ndarray:
         t = np.arange(int(dur * self.sr)) / self.sr

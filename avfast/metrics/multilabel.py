@@ -27,7 +27,8 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     positives = y.sum(0)
     # sum of precision over each group's positives = precision at group end * positives in group
     ap = (precision * y_sorted).sum(0) / positives
-    return torch.where(positives > 0, ap, torch.full_like(ap, float("nan"))).to(scores.dtype if scores.is_floating_point() else torch.float64)
+    out = torch.where(positives > 0, ap, torch.full_like(ap, float("nan")))
+    return out.to(scores.dtype if scores.is_floating_point() else torch.float64)
 
 
 def mean_average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:

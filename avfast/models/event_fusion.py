@@ -8,7 +8,8 @@ layers ... in a multi-task learning scheme") does not either. **These layers are
 - per step ``l`` of the 10 Hz grid, fused feature ``f_l = MLP([a_l; v_l])`` (audio step, video frame
   resampled to the grid);
 - **onset layer** (rhythmic, repetitive events): onset-driven temporal pooling, the mean of the
-  transient part ``g_l = f_l - mean_l f_l`` over the steps holding an audio onset (``avfast.audio.onset.onset_detect`` on the wave, or
+  transient part ``g_l = f_l - mean_l f_l`` over the steps holding an audio onset
+  (``avfast.audio.onset.onset_detect`` on the wave, or
   precomputed onsets as the seed's "precomputed onset envelopes"); zeros without onsets;
 - **instant layer** (sudden, sparse events): sparse attention, a learned query over ``g_l`` whose
   scores are kept only for the top ``instant_k`` steps (``-inf`` bias elsewhere) through
@@ -119,7 +120,8 @@ class EventFusionNet(nn.Module):
 
         c = self.config
         if wave.dim() != 2 or wave.shape[1] < c.samples - c.sample_rate // 100:
-            raise ValueError(f"EventFusionNet: wave must be (B, {c.samples}) at {c.sample_rate} Hz, got {tuple(wave.shape)}")
+            raise ValueError(f"EventFusionNet: wave must be (B, {c.samples}) at {c.sample_rate} Hz, "
+                             f"got {tuple(wave.shape)}")
         mel = mel_spectrogram(wave.float(), self.mel, backend=c.backend)
         return self.audio_net(mel)
 

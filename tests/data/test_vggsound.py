@@ -1,9 +1,7 @@
 """VGGSound-style manifest loader on the shipped fixture, its errors, and the synthetic generator."""
-import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

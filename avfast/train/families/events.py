@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avfast.models.event_fusion import LAYERS, EventFusionConfig, EventLossConfig
+from avfast.models.event_fusion import EventFusionConfig, EventLossConfig
 from avfast.train.family import Family
 
 __all__ = ["FAMILY", "EventsDataConfig", "EventsEvalConfig", "add_parser", "save_heatmap_pngs"]
@@ -204,7 +204,8 @@ def _run_eval(cfg, model, split: str, heatmaps_dir: str | None) -> dict:
     if meter.values:
         results.update(meter.compute())
     # the category -> layer table (printed as nested lines by ``avfast events eval``)
-    results["layer_table"] = {names[c]: (cfg.model.layers[a] if a >= 0 else "-") for c, a in enumerate(assignment.tolist())}
+    results["layer_table"] = {names[c]: (cfg.model.layers[a] if a >= 0 else "-")
+                              for c, a in enumerate(assignment.tolist())}
     return results
 
 
