@@ -2,4 +2,4 @@
 from avfast._util import export_public
 
 export_public(globals(), __name__, ("encoders", "mit", "dub", "dcl", "late_fusion", "avst", "icl_avs",
-                                    "event_fusion", "ogm_ge"))
+                                    "event_backbones", "event_fusion", "ogm_ge"))
