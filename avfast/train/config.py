@@ -26,7 +26,7 @@ __all__ = ["Config", "ModelConfig", "DataConfig", "LossConfig", "OptimConfig", "
 # seed 001's pretraining variants (supplementary B.3)
 VARIANTS = ("monolingual", "bilingual", "multilingual", "no_speech", "audio_only")
 OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "step", "multistep", "constant")
+SCHEDULES = ("cosine", "step", "multistep", "constant", "plateau")
 
 
 class ConfigError(ValueError):
@@ -89,12 +89,13 @@ class OptimConfig:
     momentum: float = 0.9  # sgd
     nesterov: bool = False  # sgd
     epochs: float = 12.0
-    schedule: str = "cosine"  # cosine (half-cosine to min_lr_ratio) | step | multistep | constant
+    schedule: str = "cosine"  # cosine (half-cosine to min_lr_ratio) | step | multistep | constant | plateau
     warmup_epochs: float = 2.0  # linear warm-up before any schedule
     min_lr_ratio: float = 0.0  # cosine: final lr / lr
     step_size: float = 0.0  # step: epochs between decays
     milestones: list = field(default_factory=list)  # multistep: epochs at which lr *= gamma
-    gamma: float = 0.1  # step / multistep decay factor
+    gamma: float = 0.1  # step / multistep / plateau decay factor
+    plateau_patience: int = 3  # plateau: evaluations without gain in train.early_stopping_metric before lr *= gamma
     grad_accum: int = 1
     clip_grad_norm: float = 0.0  # 0: no clipping
 
@@ -173,6 +174,9 @@ class Config:
                        ("train.early_stopping_mode", t.early_stopping_mode, ("max", "min"))])
         if o.schedule == "multistep" and not o.milestones:
             raise ConfigError("optim.schedule 'multistep' needs optim.milestones (epochs), e.g. [20, 30]")
+        if o.schedule == "plateau" and not (t.eval_every and t.early_stopping_metric and o.plateau_patience >= 1):
+            raise ConfigError("optim.schedule 'plateau' needs train.eval_every > 0, train.early_stopping_metric "
+                              "(the validation metric it watches) and optim.plateau_patience >= 1")
         if t.early_stopping_patience and not (t.eval_every and t.early_stopping_metric):
             raise ConfigError("train.early_stopping_patience needs train.eval_every > 0 and "
                               "train.early_stopping_metric (a key of the family's evaluation)")
