@@ -30,7 +30,7 @@ from avfast.data.errors import DataError
 from avfast.data.manifest import Clip, read_manifest
 from avfast.data.quadruples import Variant, Window, plan_quadruple
 from avfast.data.sampler import SameSourceBatchSampler
-from avfast.data.transforms import KINETICS_MEAN, KINETICS_STD, VideoAugment, audio_features
+from avfast.data.transforms import KINETICS_MEAN, KINETICS_STD, VideoAugment
 from avfast.data.video import get_video_reader
 
 __all__ = ["DataConfig", "QuadrupleDataset", "KeyedBatchSampler", "build_loader"]
@@ -52,8 +52,8 @@ class DataConfig:
     std: tuple[float, float, float] = KINETICS_STD
     sample_rate: int = 48000
     channels: int = 2  # seed 001's audio model takes two channels (mono duplicated)
-    audio: str = "mel"  # "mel" (ops.mel_spectrogram, preset below) or "wave"
-    mel_preset: str = "dub"
+    audio: str = "mel"  # "mel" (ops.mel_spectrogram, preset below at sample_rate) or "wave"
+    mel_preset: str = "dub"  # built for sample_rate, window and hop kept in seconds (MelConfig.preset)
     masks: bool = True
     reader: str = "pyav"
     decode_threads: int = 1
@@ -86,13 +86,16 @@ class QuadrupleDataset(Dataset):
             is replaced by another (same source first, so same-source batches stay so), counted in
             ``skipped`` (per example and ``num_skipped`` per process), and logged once per file.
         seed: base seed of all randomness.
+        primary_language: the primary track's language (seed 001 B.3: ``en``); every clip must have
+            it; None: each clip's manifest ``primary``. Dubs are the other tracks.
 
     Items are indexed by ``int`` or by ``(index, epoch, step)`` keys (``KeyedBatchSampler`` makes
     them; the step drives the multilingual round-robin).
     """
 
     def __init__(self, manifest, variant: str | Variant = "multilingual", config: DataConfig | None = None, *,
-                 train: bool = True, on_error: str = "raise", seed: int = 0, max_retries: int = 10):
+                 train: bool = True, on_error: str = "raise", seed: int = 0, max_retries: int = 10,
+                 primary_language: str | None = None):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip' ({on_error!r} given)")
         self.clips: list[Clip] = list(manifest) if not isinstance(manifest, (str, os.PathLike)) else read_manifest(manifest)
@@ -104,6 +107,13 @@ class QuadrupleDataset(Dataset):
         self.on_error = on_error
         self.seed = seed
         self.max_retries = max_retries
+        self.primary_language = primary_language
+        if primary_language is not None and not self.variant.separated:
+            lacking = sum(primary_language not in c.audio for c in self.clips)
+            if lacking == len(self.clips):
+                raise DataError(manifest if isinstance(manifest, (str, os.PathLike)) else "manifest",
+                                f"no clip has a track in the primary language {primary_language!r} "
+                                f"(data.primary_language); languages: {sorted({l for c in self.clips for l in c.audio})}")
         self.source_names = sorted({c.source for c in self.clips})
         code = {name: i for i, name in enumerate(self.source_names)}
         self.source_ids = [code[c.source] for c in self.clips]
@@ -143,7 +153,16 @@ class QuadrupleDataset(Dataset):
         wave = load_audio(path, c.sample_rate, w.start, w.duration, track=track, channels=c.channels)
         if c.audio == "wave":
             return wave
-        return audio_features(wave, c.mel_preset, masks=c.masks and self.train, generator=gen)
+        from avfast import ops
+
+        config = self.mel_config(masks=c.masks and self.train)
+        return ops.mel_spectrogram(wave.unsqueeze(0), config, generator=gen)[0]  # clip's channels share masks
+
+    def mel_config(self, masks: bool = False):
+        """The ``MelConfig`` of ``config.mel_preset`` for ``config.sample_rate`` (e.g. 44.1 kHz for no_speech)."""
+        from avfast.ops import MelConfig
+
+        return MelConfig.preset(self.config.mel_preset, sample_rate=self.config.sample_rate, masks=masks)
 
     def load(self, index: int, epoch: int = 0, step: int | None = None) -> dict:
         """The example of clip ``index`` (raises ``DataError`` for a bad clip)."""
@@ -152,7 +171,7 @@ class QuadrupleDataset(Dataset):
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         if not self.train:
             rng = np.random.default_rng([self.seed, index])  # fixed windows for evaluation
-        plan = plan_quadruple(clip, self.variant, self.config.window, rng, step)
+        plan = plan_quadruple(clip, self.variant, self.config.window, rng, step, primary=self.primary_language)
         out = {"source": self.source_ids[index], "clip": index, "lang": plan.primary.track,
                "lang_s": plan.secondary.track if plan.secondary else ""}
         if self.variant.video:
@@ -225,10 +244,11 @@ def _worker_init(_):
 
 
 def build_loader(dataset: QuadrupleDataset, batch_size: int, *, same_source_fraction: float = 0.125,
-                 seed: int = 0, num_replicas: int | None = None, rank: int | None = None,
+                 same_source_count: int | None = None, seed: int = 0, num_replicas: int | None = None, rank: int | None = None,
                  num_workers: int | None = None, pin_memory: bool | None = None, prefetch_factor: int = 2,
                  persistent_workers: bool = True) -> DataLoader:
-    """A ``DataLoader`` over ``dataset`` with same-source batches of ``batch_size`` (per rank).
+    """A ``DataLoader`` over ``dataset`` with same-source batches of ``batch_size`` (per rank):
+    ``same_source_count`` clips of one source (or ``ceil(same_source_fraction * batch_size)``).
 
     World size and rank default to ``torch.distributed``'s when it is initialised; ``num_workers``
     to min(8, CPU count); pinned memory when CUDA is available. Use ``loader.batch_sampler`` for
@@ -245,7 +265,7 @@ def build_loader(dataset: QuadrupleDataset, batch_size: int, *, same_source_frac
     if dataset.config.reader == "dali" and num_workers > 0:
         raise ValueError("reader='dali' decodes on the GPU in the main process: use num_workers=0")
     sampler = SameSourceBatchSampler(dataset.source_ids, batch_size, same_source_fraction, seed=seed,
-                                     num_replicas=num_replicas, rank=rank)
+                                     num_replicas=num_replicas, rank=rank, same_source_count=same_source_count)
     extra = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers,
              "worker_init_fn": _worker_init} if num_workers > 0 else {}
     return DataLoader(dataset, batch_sampler=KeyedBatchSampler(sampler), num_workers=num_workers,

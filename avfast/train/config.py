@@ -37,7 +37,9 @@ class ConfigError(ValueError):
 class ModelConfig:
     video: str | None = "x3d_m"  # None (or "none") for the audio-only variant
     audio: str = "acoustic_resnet50"
-    shared_audio: bool = False  # one audio encoder for primary and secondary audio
+    # seed 001 B.3: one audio backbone for primary and dubbed audio, separate heads ("backbone");
+    # "all": backbone and head shared; "none": two audio towers (model.shared_audio false, before)
+    audio_sharing: str = "backbone"
     embed_dim: int = 512
     head_hidden: int | None = None
     norm: str = "batch"  # "group": independent of how the batch is split across processes
@@ -54,7 +56,8 @@ class DataConfig:
     primary_language: str = "en"
     secondary_languages: list = field(default_factory=list)  # empty: every other track
     batch_size: int = 64  # per process
-    same_source_fraction: float = 0.125
+    same_source_fraction: float = 0.125  # ceil(fraction * batch_size) clips of one movie per batch
+    same_source_count: int | None = None  # exact clips of one movie per batch (overrides the fraction)
     num_workers: int = 8
     clip_seconds: float = 3.0
     num_frames: int = 16
@@ -210,7 +213,11 @@ def validate_dub(cfg: Config) -> None:
     check_ranges(cfg, [("data.batch_size", cfg.data.batch_size >= 1), ("loss.tau", cfg.loss.tau > 0),
                        ("loss.source_weight", cfg.loss.source_weight > 0)])
     check_choices([("loss.gather", cfg.loss.gather, ("none", "all_gather", "ring")),
-                   ("model.norm", cfg.model.norm, ("batch", "group"))])
+                   ("model.norm", cfg.model.norm, ("batch", "group")),
+                   ("model.audio_sharing", cfg.model.audio_sharing, ("backbone", "all", "none"))])
+    count = cfg.data.same_source_count
+    if count is not None and not 0 <= count <= cfg.data.batch_size:
+        raise ConfigError(f"data.same_source_count must be in [0, data.batch_size={cfg.data.batch_size}] ({count} given)")
 
 
 def _get(obj: Any, dotted: str) -> Any:
@@ -278,9 +285,19 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(f"{key} expects {hint} ({value!r} given)")
 
 
+# keys that were replaced: a file using them gets an error naming the new key (null: ignored, so an
+# old checkpoint's config loads with --set KEY=null)
+RENAMED = {(ModelConfig, "shared_audio"): "model.audio_sharing: backbone | all | none (shared_audio true was 'all', "
+                                 "false was 'none'; seed 001 shares the backbone: 'backbone')"}
+
+
 def _fill(cls: type, data: dict, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    for name in [n for n in data if (cls, n) in RENAMED]:
+        if data[name] is not None:
+            raise ConfigError(f"{prefix}{name} was replaced by {RENAMED[cls, name]}")
+        data = {k: v for k, v in data.items() if k != name}
     unknown = sorted(set(data) - names)
     if unknown:
         section = prefix.rstrip(".") or "the config"

@@ -88,8 +88,9 @@ class ManifestSource:
 
         d = cfg.data
         self.dataset = QuadrupleDataset(manifest, dataset_variant(cfg), _data_config(cfg), train=True,
-                                        on_error=d.on_error, seed=cfg.train.seed)
+                                        on_error=d.on_error, seed=cfg.train.seed, primary_language=d.primary_language)
         self.loader = build_loader(self.dataset, d.batch_size, same_source_fraction=d.same_source_fraction,
+                                   same_source_count=d.same_source_count,
                                    seed=cfg.train.seed, num_replicas=world_size, rank=rank,
                                    num_workers=d.num_workers, persistent_workers=d.num_workers > 0)
         self.sampler = self.loader.batch_sampler
@@ -132,7 +133,8 @@ class EvalClips:
 
         variant = Variant("eval", secondary="dub" if with_secondary else "none", video=with_video)
         self.dataset = QuadrupleDataset(manifest, variant, _data_config(cfg), train=False,
-                                        on_error=cfg.data.on_error, seed=cfg.train.seed)
+                                        on_error=cfg.data.on_error, seed=cfg.train.seed,
+                                        primary_language=cfg.data.primary_language)
         n = len(self.dataset) if not max_clips else min(max_clips, len(self.dataset))
         self.indices = list(range(rank, n, world_size))
         self.total = n
