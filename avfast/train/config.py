@@ -130,9 +130,15 @@ class EvalConfig:
     before_training: bool = True
     chunk_size: int = 4096  # queries per affinity_topk call
     backend: str = "auto"
-    probe_label: str = "shapes"  # key of the manifest's "labels" used as the probe's class
-    probe_epochs: int = 200
-    probe_lr: float = 0.2
+    probe_label: str = "shapes"  # key of the manifest's "labels" used as the probe's class (no probe_split)
+    probe_test_every: int = 5  # no probe_split: every n-th movie (source) is the probe's test set
+    probe_split: str | None = None  # esc50:meta/esc50.csv | ucf101:ucfTrainTestlist | vggsound:vggsound.csv
+    probe_features: str = "backbone"  # backbone: pre-projection 1024-d features (the paper) | head: 512-d outputs
+    probe_kinds: list = field(default_factory=lambda: ["linear", "mlp"])
+    probe_val_fraction: float = 0.2  # carved from the training split for the grid search (never test)
+    probe_epochs: int = 200  # linear probe (B.3: SGD, lr 0.2, cosine, 200 epochs)
+    probe_lr: float = 0.2  # the linear grid searches lr in {probe_lr, probe_lr / 4} x weight decay {0, 1e-3}
+    probe_mlp_epochs: int = 100
 
 
 @dataclass
@@ -215,6 +221,12 @@ def validate_dub(cfg: Config) -> None:
     check_choices([("loss.gather", cfg.loss.gather, ("none", "all_gather", "ring")),
                    ("model.norm", cfg.model.norm, ("batch", "group")),
                    ("model.audio_sharing", cfg.model.audio_sharing, ("backbone", "all", "none"))])
+    check_choices([("eval.probe_features", cfg.eval.probe_features, ("backbone", "head"))])
+    check_ranges(cfg, [("eval.probe_test_every", cfg.eval.probe_test_every >= 2)])
+    bad = [k for k in cfg.eval.probe_kinds if k not in ("linear", "mlp")]
+    if bad or not 0 < cfg.eval.probe_val_fraction < 1:
+        raise ConfigError(f"eval.probe_kinds must be a subset of [linear, mlp] and eval.probe_val_fraction in (0, 1) "
+                          f"({cfg.eval.probe_kinds}, {cfg.eval.probe_val_fraction} given)")
     count = cfg.data.same_source_count
     if count is not None and not 0 <= count <= cfg.data.batch_size:
         raise ConfigError(f"data.same_source_count must be in [0, data.batch_size={cfg.data.batch_size}] ({count} given)")
