@@ -61,15 +61,17 @@ def _held_out(cfg, manifest: str) -> bool:
 
 
 def _probe(cfg, model, manifest: str, info, label: str = "") -> dict:
-    """Linear and MLP probes on the labelled manifest, per modality (seed 001's evaluation).
+    """Linear and MLP probes on the labelled manifest, per task and modality (seed 001's evaluation).
 
-    Features: the backbones' pre-projection features (``eval.probe_features``), pseudo-stereo audio.
-    Split: ``eval.probe_split`` (ESC-50 folds, UCF101 split 1, VGGSound test csv) or, without one,
-    label ``eval.probe_label`` with every ``eval.probe_test_every``-th movie's clips held out for test. Each fold's
-    hyper-parameters are chosen on validation clips carved from its training clips."""
+    Features: the backbones' pre-projection features (``eval.probe_features``), pseudo-stereo audio,
+    embedded once for every task. Tasks: ``eval.probe_split`` (ESC-50 folds, UCF101 split 1,
+    VGGSound test csv) or, without one, each label of ``eval.probe_label`` (comma-separated) with
+    every ``eval.probe_test_every``-th movie's clips held out for test. Each fold's hyper-parameters
+    are chosen on validation clips carved from its training clips.
+    Returns ``{task: {"features", "classes", modality: {kind: {"top1", "mean_per_class", ...}}}}``."""
     from avfast.train.data import EvalClips
     from avfast.train.distributed import all_gather_cat
-    from avfast.train.evaluate import LINEAR_GRID, embed_clips, probe_task, read_split
+    from avfast.train.evaluate import embed_clips, read_split
 
     e = cfg.eval
     clips = EvalClips(cfg, manifest, with_video=cfg.model.video is not None, rank=info.rank,
@@ -78,50 +80,60 @@ def _probe(cfg, model, manifest: str, info, label: str = "") -> dict:
                       features=e.probe_features == "backbone")
     ids = all_gather_cat(emb["clip"]).cpu()
     manifest_clips = [clips.dataset.clips[i] for i in ids.tolist()]
-    if e.probe_split:
-        split = read_split(e.probe_split)
-        names = [split.key(c) for c in manifest_clips]
-        classes = [split.labels.get(n) for n in names]
-        folds = [(torch.tensor([n in tr for n in names]), torch.tensor([n in te for n in names]))
-                 for tr, te in split.folds]
-        task = split.name
-    else:
-        classes = [c.labels.get(e.probe_label) for c in manifest_clips]
-        classes = ["+".join(sorted(map(str, v))) if isinstance(v, (list, tuple)) else v for v in classes]
-        sources = torch.tensor([clips.dataset.source_ids[i] for i in ids.tolist()])
-        test = sources % e.probe_test_every == 0  # whole movies on one side
-        folds = [(~test, test)]
-        task = e.probe_label
-    index = {name: i for i, name in enumerate(sorted({str(n) for n in classes if n is not None}))}
-    if not index:
-        raise ValueError(f"{manifest}: no clip has a label for probe task {task!r}")
-    y = torch.tensor([index[str(n)] if n is not None else -1 for n in classes])
     feats = {name: all_gather_cat(emb[key]).cpu().float() for key, name in (("v", "video"), ("a", "audio")) if key in emb}
     if len(feats) == 2:
         feats["audio+video"] = torch.cat([feats["audio"], feats["video"]], 1)
+    tasks = []  # (name, class name per clip, folds)
+    if e.probe_split:
+        split = read_split(e.probe_split)
+        names = [split.key(c) for c in manifest_clips]
+        folds = [(torch.tensor([n in tr for n in names]), torch.tensor([n in te for n in names]))
+                 for tr, te in split.folds]
+        tasks.append((split.name, [split.labels.get(n) for n in names], folds))
+    else:
+        sources = torch.tensor([clips.dataset.source_ids[i] for i in ids.tolist()])
+        test = sources % e.probe_test_every == 0  # whole movies on one side
+        for key in [k.strip() for k in e.probe_label.split(",") if k.strip()]:
+            values = [c.labels.get(key) for c in manifest_clips]
+            values = ["+".join(sorted(map(str, v))) if isinstance(v, (list, tuple)) else v for v in values]
+            tasks.append((key, values, [(~test, test)]))
+    out = {}
+    for task, classes, folds in tasks:
+        out[task] = _probe_task(cfg, feats, ids, classes, folds, f"{manifest}: probe task {task!r}")
+        if info.is_main:
+            r = out[task]
+            for name in feats:
+                parts = "  ".join(f"{k} top-1 {r[name][k]['top1']:5.1f}% (mean/class {r[name][k]['mean_per_class']:5.1f}%)"
+                                  for k in e.probe_kinds)
+                sp = r[name]["split"]
+                print(f"  {label}probe {task} ({r['classes']} classes, chance {100.0 / r['classes']:.1f}%, "
+                      f"{sp['fit']}/{sp['val']}/{sp['test']} fit/val/test, {len(folds)} fold(s)) {name}: {parts}")
+    return out
+
+
+def _probe_task(cfg, feats: dict, ids, classes: list, folds: list, what: str) -> dict:
+    """One task's probes per modality, averaged over its folds."""
+    from avfast.train.evaluate import LINEAR_GRID, probe_task
+
+    e = cfg.eval
+    index = {name: i for i, name in enumerate(sorted({str(n) for n in classes if n is not None}))}
+    if not index:
+        raise ValueError(f"{what}: no clip has a label")
+    y = torch.tensor([index[str(n)] if n is not None else -1 for n in classes])
     linear_grid = tuple({**g, "lr": e.probe_lr * g["lr"] / LINEAR_GRID[0]["lr"]} for g in LINEAR_GRID)
-    out: dict = {"task": task, "features": e.probe_features}
+    out: dict = {"features": e.probe_features, "classes": len(index)}
     for name, x in feats.items():
         per_fold = [probe_task(x, y, ids, tr & (y >= 0), te & (y >= 0), val_fraction=e.probe_val_fraction,
                                kinds=tuple(e.probe_kinds), linear_grid=linear_grid, linear_epochs=e.probe_epochs,
                                mlp_epochs=e.probe_mlp_epochs, seed=cfg.train.seed)
                     for tr, te in folds]
-        out[name] = {}
+        out[name] = {"split": per_fold[0]["split"]}
         for kind in e.probe_kinds:
             accs = torch.tensor([f[kind]["test_acc"] for f in per_fold])
             mpc = torch.tensor([f[kind]["test_mean_per_class"] for f in per_fold])
             out[name][kind] = {"top1": float(accs.mean()), "top1_std": float(accs.std(unbiased=False)),
                                "mean_per_class": float(mpc.mean()), "folds": len(per_fold),
                                "params": [f[kind]["params"] for f in per_fold]}
-        out[name]["split"] = per_fold[0]["split"]
-    if info.is_main:
-        chance = 100.0 / max(1, len(index))
-        for name in feats:
-            r = out[name]
-            parts = "  ".join(f"{k} top-1 {r[k]['top1']:5.1f}% (mean/class {r[k]['mean_per_class']:5.1f}%)"
-                              for k in e.probe_kinds)
-            print(f"  {label}probe {task} ({len(index)} classes, chance {chance:.1f}%, {r['split']['fit']}/"
-                  f"{r['split']['val']}/{r['split']['test']} fit/val/test, {len(folds)} fold(s)) {name}: {parts}")
     return out
 
 

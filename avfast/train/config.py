@@ -130,7 +130,7 @@ class EvalConfig:
     before_training: bool = True
     chunk_size: int = 4096  # queries per affinity_topk call
     backend: str = "auto"
-    probe_label: str = "shapes"  # key of the manifest's "labels" used as the probe's class (no probe_split)
+    probe_label: str = "shapes"  # key(s) of the manifest's "labels", comma-separated: one probe task each (no probe_split)
     probe_test_every: int = 5  # no probe_split: every n-th movie (source) is the probe's test set
     probe_split: str | None = None  # esc50:meta/esc50.csv | ucf101:ucfTrainTestlist | vggsound:vggsound.csv
     probe_features: str = "backbone"  # backbone: pre-projection 1024-d features (the paper) | head: 512-d outputs
