@@ -236,3 +236,20 @@ def test_family_commands_train_and_eval(tmp_path, capsys):
     assert args.func(args) == 0
     assert json.loads((tmp_path / "r.json").read_text())["split"] == "val"
     assert "val (step 4):" in capsys.readouterr().out
+
+
+def _ddp_family(rank: int, world_size: int):
+    import toy_family  # noqa: F401 - the spawned process registers the toy family again
+
+    report = train_family(_toy(train={"max_steps": 5}), None, evaluate_splits=("test",), log=lambda *_: None)
+    return report["test"]["mse"], report["train"]["loss"]
+
+
+def test_train_family_under_two_process_gloo_matches_one_process():
+    from helpers import spawn
+
+    single = train_family(_toy(train={"max_steps": 5}), None, evaluate_splits=("test",), log=lambda *_: None)
+    (mse0, loss0), (mse1, loss1) = spawn(_ddp_family, 2)
+    assert mse0 == mse1, "ranks ended with different weights"
+    assert mse0 == pytest.approx(single["test"]["mse"], rel=1e-5)
+    assert loss0 == loss1 == pytest.approx(single["train"]["loss"], rel=1e-5)  # mean over ranks
