@@ -55,7 +55,7 @@ class DataConfig:
     audio: str = "mel"  # "mel" (ops.mel_spectrogram, preset below at sample_rate) or "wave"
     mel_preset: str = "dub"  # built for sample_rate, window and hop kept in seconds (MelConfig.preset)
     masks: bool = True
-    reader: str = "pyav"
+    reader: str = "pyav"  # "dali": workers yield video specs, BatchVideoDecoder decodes each batch on the GPU
     decode_threads: int = 1
     prescale: bool = True  # let swscale scale frames down to short_side[1] while converting
     reader_kwargs: dict = field(default_factory=dict)
@@ -141,8 +141,12 @@ class QuadrupleDataset(Dataset):
             self._reader = get_video_reader(self.config.reader, **kwargs)
         return self._reader
 
-    def _video(self, clip: Clip, w: Window, gen: torch.Generator) -> torch.Tensor:
+    def _video(self, clip: Clip, w: Window, gen: torch.Generator) -> torch.Tensor | dict:
         c = self.config
+        if c.reader == "dali":  # a spec: decoded for the whole batch on the GPU (avfast.data.dali_batch)
+            from avfast.data.dali_batch import video_spec
+
+            return video_spec(clip.video, w.start, w.duration, c.num_frames, c.fps, self.video_transform, gen)
         extra = {"max_short_side": c.short_side[1]} if c.prescale and c.reader == "pyav" else {}
         frames = self.reader.read(clip.video, w.start, w.duration, num_frames=c.num_frames, fps=c.fps, **extra)
         return self.video_transform(frames, gen)
@@ -261,9 +265,7 @@ def build_loader(dataset: QuadrupleDataset, batch_size: int, *, same_source_frac
         num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if ready else 1)
         rank = rank if rank is not None else (dist.get_rank() if ready else 0)
     if num_workers is None:
-        num_workers = 0 if dataset.config.reader == "dali" else min(8, os.cpu_count() or 1)
-    if dataset.config.reader == "dali" and num_workers > 0:
-        raise ValueError("reader='dali' decodes on the GPU in the main process: use num_workers=0")
+        num_workers = min(8, os.cpu_count() or 1)
     sampler = SameSourceBatchSampler(dataset.source_ids, batch_size, same_source_fraction, seed=seed,
                                      num_replicas=num_replicas, rank=rank, same_source_count=same_source_count)
     extra = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers,

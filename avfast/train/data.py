@@ -103,6 +103,7 @@ class ManifestSource:
         self.clips_per_batch = d.batch_size * world_size
         self._epoch, self._start = 0, 0
         self._skipped = 0  # replaced bad clips in the batches trained on (counted here: workers' counters stay there)
+        self.video_decoder = _video_decoder(self.dataset, train=True)
 
     def batches(self, epoch: int, start: int):
         self.sampler.set_epoch(epoch)
@@ -112,7 +113,7 @@ class ManifestSource:
         self._epoch, self._start = epoch, start
         for batch in self.loader:
             self._skipped += int(batch["skipped"].sum())
-            yield batch
+            yield batch if self.video_decoder is None else self.video_decoder(batch)
 
     def state_dict(self) -> dict:
         return {"epoch": self._epoch, "start": self._start, "num_clips": len(self.dataset),
@@ -142,8 +143,10 @@ class EvalClips:
     def loader(self, batch_size: int, num_workers: int = 0):
         from torch.utils.data import DataLoader, Subset
 
-        return DataLoader(Subset(self.dataset, self.indices), batch_size=batch_size, shuffle=False,
-                          num_workers=num_workers, collate_fn=_collate_eval)
+        loader = DataLoader(Subset(self.dataset, self.indices), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, collate_fn=_collate_eval)
+        decoder = _video_decoder(self.dataset, train=False)
+        return loader if decoder is None else map(decoder, loader)
 
     def labels(self, key: str) -> list:
         """``clip.labels[key]`` of this rank's clips (lists become a sorted '+'-joined string)."""
@@ -152,6 +155,15 @@ class EvalClips:
             value = self.dataset.clips[i].labels.get(key)
             out.append("+".join(sorted(map(str, value))) if isinstance(value, (list, tuple)) else value)
         return out
+
+
+def _video_decoder(dataset, train: bool):
+    """``reader: dali``: the batched GPU decoder of the workers' video specs (else None)."""
+    if dataset.config.reader != "dali" or not dataset.variant.video:
+        return None
+    from avfast.data.dali_batch import BatchVideoDecoder
+
+    return BatchVideoDecoder(dataset.config, train=train)
 
 
 def _collate_eval(items: list[dict]) -> dict:
