@@ -33,7 +33,7 @@ from avfast.data.sampler import SameSourceBatchSampler
 from avfast.data.transforms import KINETICS_MEAN, KINETICS_STD, VideoAugment
 from avfast.data.video import get_video_reader
 
-__all__ = ["DataConfig", "QuadrupleDataset", "KeyedBatchSampler", "build_loader"]
+__all__ = ["DataConfig", "QuadrupleDataset", "KeyedBatchSampler", "build_loader", "device_mel_masks"]
 
 log = logging.getLogger("avfast.data")
 
@@ -52,7 +52,9 @@ class DataConfig:
     std: tuple[float, float, float] = KINETICS_STD
     sample_rate: int = 48000
     channels: int = 2  # seed 001's audio model takes two channels (mono duplicated)
-    audio: str = "mel"  # "mel" (ops.mel_spectrogram, preset below at sample_rate) or "wave"
+    # "mel" (ops.mel_spectrogram, preset below at sample_rate), "wave", or "wave_masks": the wave plus
+    # the SpecAugment masks the mel path would draw (the mel is then computed on the training device)
+    audio: str = "mel"
     mel_preset: str = "dub"  # built for sample_rate, window and hop kept in seconds (MelConfig.preset)
     masks: bool = True
     reader: str = "pyav"  # "dali": workers yield video specs, BatchVideoDecoder decodes each batch on the GPU
@@ -101,8 +103,8 @@ class QuadrupleDataset(Dataset):
         self.clips: list[Clip] = list(manifest) if not isinstance(manifest, (str, os.PathLike)) else read_manifest(manifest)
         self.variant = Variant.parse(variant)
         self.config = config or DataConfig()
-        if self.config.audio not in ("mel", "wave"):
-            raise ValueError(f"config.audio must be 'mel' or 'wave' ({self.config.audio!r} given)")
+        if self.config.audio not in ("mel", "wave", "wave_masks"):
+            raise ValueError(f"config.audio must be 'mel', 'wave' or 'wave_masks' ({self.config.audio!r} given)")
         self.train = train
         self.on_error = on_error
         self.seed = seed
@@ -157,6 +159,8 @@ class QuadrupleDataset(Dataset):
         wave = load_audio(path, c.sample_rate, w.start, w.duration, track=track, channels=c.channels)
         if c.audio == "wave":
             return wave
+        if c.audio == "wave_masks":
+            return wave, device_mel_masks(wave.shape[-1], self.mel_config(masks=c.masks and self.train), gen)
         from avfast import ops
 
         config = self.mel_config(masks=c.masks and self.train)
@@ -180,12 +184,19 @@ class QuadrupleDataset(Dataset):
                "lang_s": plan.secondary.track if plan.secondary else ""}
         if self.variant.video:
             out["video"] = self._video(clip, plan.primary, gen)
-        out["audio"] = self._audio(clip, plan.primary, gen)
+        self._put_audio(out, "audio", self._audio(clip, plan.primary, gen))
         if plan.secondary is not None:
             if self.variant.video:
                 out["video_s"] = self._video(clip, plan.secondary, gen)
-            out["audio_s"] = self._audio(clip, plan.secondary, gen)
+            self._put_audio(out, "audio_s", self._audio(clip, plan.secondary, gen))
         return out
+
+    @staticmethod
+    def _put_audio(out: dict, key: str, audio) -> None:
+        if isinstance(audio, tuple):  # wave_masks: the wave and its masks (avfast.train.objective applies them)
+            out[key], (out[key + "_freq_masks"], out[key + "_time_masks"]) = audio[0], audio[1]
+        else:
+            out[key] = audio
 
     def __getitem__(self, key) -> dict:
         index, epoch, step = _key(key)
@@ -217,6 +228,22 @@ class QuadrupleDataset(Dataset):
         if err.path not in self._logged:
             self._logged.add(err.path)
             log.warning("skipping a bad clip (%s); later errors of this file are not logged", err)
+
+
+def device_mel_masks(length: int, config, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SpecAugment masks ``ops.mel_spectrogram(wave (1, C, length), config, generator=generator)``
+    would draw (same generator draws): ``freq`` (freq_masks, 2) mel rows and ``time`` (time_masks, 2)
+    frames, [start, end); empty when ``config.masks`` is off."""
+    from avfast.ops._mel_masks import draw_masks  # the op's own drawing, so the draws match exactly
+
+    if not config.masks:
+        return torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long)
+    if config.dither > 0:
+        raise NotImplementedError("mel on the training device with dither: the op draws dither before the masks")
+    frames = torch.tensor([min(config.frames(length), config.out_frames(length))])
+    m = draw_masks(frames, config.n_mels, freq_masks=config.freq_masks, freq_mask_max=config.freq_mask_max,
+                   time_masks=config.time_masks, time_mask_max=config.time_mask_max, generator=generator)
+    return m.freq[0], m.time[0]
 
 
 class KeyedBatchSampler:

@@ -120,6 +120,9 @@ class TrainConfig:
     early_stopping_patience: int = 0  # evaluations without improvement before stopping (0: off)
     early_stopping_metric: str = ""  # key of the family's evaluation dict (needs eval_every > 0)
     early_stopping_mode: str = "max"  # max | min
+    # seed 001: workers decode, crop and draw the SpecAugment masks; the masked dB-mel of the batch is
+    # one ops.mel_spectrogram call on the training device. null: on when CUDA is available.
+    mel_on_device: bool | None = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["TensorSource", "DatasetSource", "ManifestSource", "EvalClips", "dataset_variant"]
+__all__ = ["TensorSource", "DatasetSource", "ManifestSource", "EvalClips", "dataset_variant", "mel_on_device"]
 
 
 class TensorSource:
@@ -76,6 +76,12 @@ def _data_config(cfg, **overrides):
     return _DatasetConfig(**kwargs)
 
 
+def mel_on_device(cfg) -> bool:
+    """``train.mel_on_device``, resolved (null: True when CUDA is available)."""
+    flag = getattr(cfg.train, "mel_on_device", None)
+    return torch.cuda.is_available() if flag is None else bool(flag)
+
+
 class ManifestSource:
     """Training batches of a manifest: ``QuadrupleDataset`` + ``SameSourceBatchSampler`` (per rank).
 
@@ -87,7 +93,8 @@ class ManifestSource:
         from avfast.data import QuadrupleDataset, build_loader
 
         d = cfg.data
-        self.dataset = QuadrupleDataset(manifest, dataset_variant(cfg), _data_config(cfg), train=True,
+        wave = {"audio": "wave_masks"} if mel_on_device(cfg) and "audio" not in d.options else {}
+        self.dataset = QuadrupleDataset(manifest, dataset_variant(cfg), _data_config(cfg, **wave), train=True,
                                         on_error=d.on_error, seed=cfg.train.seed, primary_language=d.primary_language)
         self.loader = build_loader(self.dataset, d.batch_size, same_source_fraction=d.same_source_fraction,
                                    same_source_count=d.same_source_count,

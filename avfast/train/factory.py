@@ -23,5 +23,9 @@ def build_model(cfg: Config, seed: int | None = None) -> DubModel:
 
 
 def build_objective(cfg: Config) -> DubObjective:
-    """The variant's loss (see ``avfast.train.objective``)."""
-    return DubObjective(cfg.loss, cfg.data.variant)
+    """The variant's loss (see ``avfast.train.objective``); it computes the mel on the training device
+    for batches of waves (``train.mel_on_device``)."""
+    from avfast.ops import MelConfig
+
+    mel = MelConfig.preset(cfg.data.mel, sample_rate=cfg.data.sample_rate)
+    return DubObjective(cfg.loss, cfg.data.variant, mel=mel)
