@@ -61,3 +61,14 @@ def test_training_batches_and_loss_match_with_mel_on_device(manifest):
             losses[flag] = float(objective(model, batch)[0])
     assert losses[True] == pytest.approx(losses[False], abs=1e-3)
     assert load_config(CONFIG).train.mel_on_device is None  # auto: on when CUDA is available
+
+
+def test_resumed_position_gives_the_same_wave_batch(manifest):
+    from avfast.train.config import load_config
+    from avfast.train.data import ManifestSource
+
+    cfg = load_config(CONFIG, SMALL + ["train.mel_on_device=true", "data.batch_size=2"])
+    full = list(ManifestSource(cfg, str(manifest)).batches(0, 0))
+    resumed = next(iter(ManifestSource(cfg, str(manifest)).batches(0, 1)))
+    for key in ("audio", "audio_freq_masks", "audio_time_masks", "audio_s", "video", "clip"):
+        assert torch.equal(resumed[key], full[1][key]), key
