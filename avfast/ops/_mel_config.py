@@ -175,11 +175,12 @@ class MelConfig:
             raise ValueError(f"unknown mel preset {name!r}; presets: {', '.join(PRESETS)}")
         base = PRESETS[name]
         rate = overrides.get("sample_rate", base.sample_rate)
-        if rate != base.sample_rate and rate > 0:
+        if rate != base.sample_rate and rate > 0 and not {"n_fft", "win_length"} <= set(overrides):
             scale = rate / base.sample_rate
-            win = overrides.get("win_length") or max(1, round(base.win * scale))
-            timing = {"win_length": win, "hop_length": max(1, round(base.hop * scale)),
-                      "n_fft": 1 << (win - 1).bit_length()}
+            timing: dict = {"hop_length": max(1, round(base.hop * scale))}
+            if "n_fft" not in overrides:  # the window in seconds, the FFT the next power of two
+                win = overrides.get("win_length") or max(1, round(base.win * scale))
+                timing.update(win_length=win, n_fft=1 << (win - 1).bit_length())
             if base.f_max is not None:
                 timing["f_max"] = min(base.f_max, rate / 2)
             overrides = {**timing, **overrides}

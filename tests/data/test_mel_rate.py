@@ -28,3 +28,9 @@ def test_dataset_uses_data_rate(tmp_path):
     clip = Clip(video="x.mp4", audio={"en": "x.flac"}, source="m", start=0.0, end=4.0)
     ds = QuadrupleDataset([clip], "monolingual", DataConfig(sample_rate=44100))
     assert ds.mel_config().hop == 460 and ds.mel_config().sample_rate == 44100
+
+
+def test_explicit_fft_size_keeps_its_window():
+    cfg = MelConfig.preset("dub", sample_rate=16000, n_fft=128, hop_length=61, n_mels=12)
+    assert (cfg.n_fft, cfg.win, cfg.hop) == (128, 128, 61)
+    assert MelConfig.preset("dub", sample_rate=16000, n_fft=512).hop == 167  # hop still kept in seconds
