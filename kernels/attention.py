@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from avfast.kernels.utils import interpreting, next_pow2
+from avfast.kernels.utils import device_guard, fp32_dot_precision, interpreting, next_pow2, target_info
 
 
 @triton.jit
@@ -100,7 +100,8 @@ def _key_range(Lens, b, split, keys_per_split, Lk, HAS_LENS: tl.constexpr):
 def _query_program(Hkv):
     """This program's (batch, kv head, first packed row block index, key split)."""
     pid_m, bhk, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    return bhk // Hkv, bhk % Hkv, pid_m, split
+    # 64-bit batch index: every b * stride offset is then 64-bit (tensors may pass 2**31 elements)
+    return (bhk // Hkv).to(tl.int64), bhk % Hkv, pid_m, split
 
 
 @triton.jit
@@ -259,11 +260,8 @@ class Plan:
     num_warps: int
 
 
-@functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # interpreter: a few splits, so the split path is exercised on CPU too
+    return target_info(device)[2]  # interpreter: 4, so the split path is exercised on CPU too
 
 
 def plan(b: int, hkv: int, rows: int, lk: int, dh: int, device: torch.device, splits: int | None = None) -> Plan:
@@ -301,9 +299,9 @@ def _shared(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
     """Pointer/stride/flag arguments every kernel takes, prepared once per call."""
     b, hq, lq, dh = q.shape
     bias4 = None if bias is None else bias.expand(b, hq, lq, k.shape[2])
-    prec = ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee") if q.dtype == torch.float32 else None
+    prec = fp32_dot_precision() if q.dtype == torch.float32 else None
     tensors = (q, k, v, bias4, None if kpm is None else kpm.contiguous().view(torch.uint8),
-               kv_lens, None if keep is None else keep.contiguous().view(torch.uint8))
+               None if kv_lens is None else kv_lens.contiguous(), None if keep is None else keep.contiguous().view(torch.uint8))
     strides = (*_strides(q), *_strides(k), *_strides(v), *(bias4.stride() if bias4 is not None else (0, 0, 0, 0)))
     flags = dict(HAS_BIAS=bias is not None, HAS_KPM=kpm is not None, HAS_LENS=kv_lens is not None,
                  HAS_DROPOUT=keep is not None, PREC=prec)
@@ -326,9 +324,10 @@ def attention_forward(q, k, v, kv_lens, kpm, bias, keep, scale: float, dropout_p
         out = torch.empty(pl.splits, b, hq, lq, dh, dtype=torch.float32, device=q.device)
         lse = torch.empty(pl.splits, b, hq, lq, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(g * lq, pl.block_m), b * hkv, pl.splits)
-    _attn_fwd_kernel[grid](*tensors, out, lse, *strides, hq, hkv, g, lq, lk, dh, pl.keys_per_split, scale,
-                           drop_scale, b * hq * lq * dh, b * hq * lq, **flags, BLOCK_M=pl.block_m,
-                           BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.num_warps)
+    with device_guard(q):
+        _attn_fwd_kernel[grid](*tensors, out, lse, *strides, hq, hkv, g, lq, lk, dh, pl.keys_per_split, scale,
+                               drop_scale, b * hq * lq * dh, b * hq * lq, **flags, BLOCK_M=pl.block_m,
+                               BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.num_warps)
     if pl.splits == 1:
         return out, lse
     return merge_splits(out, lse, q.dtype)
@@ -342,8 +341,9 @@ def merge_splits(part: torch.Tensor, part_lse: torch.Tensor, dtype: torch.dtype)
     rows = lse.numel()
     block_d = max(16, next_pow2(dh))
     block_r = max(1, min(64, 4096 // block_d))
-    _merge_splits_kernel[(triton.cdiv(rows, block_r),)](part, part_lse, out, lse, rows, dh, splits,
-                                                        BLOCK_R=block_r, BLOCK_D=block_d)
+    with device_guard(part):
+        _merge_splits_kernel[(triton.cdiv(rows, block_r),)](part, part_lse, out, lse, rows, dh, splits,
+                                                            BLOCK_R=block_r, BLOCK_D=block_d)
     return out, lse
 
 
@@ -360,15 +360,17 @@ def attention_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale:
     dk, dv = torch.empty(b, hkv, lk, dh, dtype=k.dtype, device=q.device), torch.empty(b, hkv, lk, dh, dtype=v.dtype,
                                                                                         device=q.device)
     common = (*strides, *_strides(dout))
-    _attn_bwd_dkdv_kernel[(triton.cdiv(lk, pl.block_n), b * hkv)](
-        *tensors, dout, out, lse, dk, dv, *common, hq, hkv, g, lq, lk, dh, scale, drop_scale, **flags,
-        BLOCK_M=pl.block_m, BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.num_warps)
+    with device_guard(q):
+        _attn_bwd_dkdv_kernel[(triton.cdiv(lk, pl.block_n), b * hkv)](
+            *tensors, dout, out, lse, dk, dv, *common, hq, hkv, g, lq, lk, dh, scale, drop_scale, **flags,
+            BLOCK_M=pl.block_m, BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.num_warps)
     dq_dtype = q.dtype if pl.splits == 1 else torch.float32
     dq = torch.empty(pl.splits, b, hq, lq, dh, dtype=dq_dtype, device=q.device)
     dbias = torch.zeros(b, hq, lq, lk, dtype=torch.float32, device=q.device) if bias_grad else None
-    _attn_bwd_dq_kernel[(triton.cdiv(g * lq, pl.block_m), b * hkv, pl.splits)](
-        *tensors, dout, out, lse, dq, dbias, *common, hq, hkv, g, lq, lk, dh, pl.keys_per_split, scale,
-        drop_scale, b * hq * lq * dh, **flags, BIAS_GRAD=bias_grad, BLOCK_M=pl.block_m, BLOCK_N=pl.block_n,
-        BLOCK_D=pl.block_d, num_warps=pl.num_warps)
+    with device_guard(q):
+        _attn_bwd_dq_kernel[(triton.cdiv(g * lq, pl.block_m), b * hkv, pl.splits)](
+            *tensors, dout, out, lse, dq, dbias, *common, hq, hkv, g, lq, lk, dh, pl.keys_per_split, scale,
+            drop_scale, b * hq * lq * dh, **flags, BIAS_GRAD=bias_grad, BLOCK_M=pl.block_m, BLOCK_N=pl.block_n,
+            BLOCK_D=pl.block_d, num_warps=pl.num_warps)
     dq = dq[0] if pl.splits == 1 else dq.sum(0).to(q.dtype)
     return dq, dk, dv, dbias

@@ -22,10 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
-from avfast.kernels.utils import ensure_contiguous, interpreting, next_pow2
+from avfast.kernels.utils import device_guard, ensure_contiguous, fp32_dot_precision, interpreting, next_pow2
 
 MAX_D = 1024
-_NEG = -1.0e30  # running-max start: finite so that exp(m_old - m_new) never sees inf - inf
+_NEG = tl.constexpr(-1.0e30)  # running-max start: finite so that exp(m_old - m_new) never sees inf - inf
 
 
 @triton.jit
@@ -88,7 +88,9 @@ def _dz(z, diag, keep, weight, g_r, lse_r, cnt_r, g_c, lse_c, cnt_c, smoothing,
 
 @triton.jit
 def _load_rows(ptr, idx, mask, stride, offs_d, dmask):
-    return tl.load(ptr + idx[:, None] * stride + offs_d[None, :], mask=mask[:, None] & dmask[None, :], other=0.0)
+    # 64-bit row offsets: (rows x D) may pass 2**31 elements
+    return tl.load(ptr + idx.to(tl.int64)[:, None] * stride + offs_d[None, :], mask=mask[:, None] & dmask[None, :],
+                   other=0.0)
 
 
 @triton.jit
@@ -181,7 +183,7 @@ def _contrastive_dx_kernel(x_ptr, y_ptr, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr,
         d = _dz(z, diag, keep, weight, g_r, lse_r, cnt_r, g_c, lse_c, cnt_c, smoothing, SIGLIP, BOTH)
         acc += tl.dot(d.to(y.dtype), y, input_precision=PREC)
         bsum += tl.sum(d, 1)
-    tl.store(dx_ptr + rows[:, None] * D + offs_d[None, :], acc, mask=rmask[:, None] & dmask[None, :])
+    tl.store(dx_ptr + rows.to(tl.int64)[:, None] * D + offs_d[None, :], acc, mask=rmask[:, None] & dmask[None, :])
     tl.store(dbias_ptr + pid, tl.sum(bsum, 0))
 
 
@@ -207,7 +209,7 @@ def _contrastive_dy_kernel(x_ptr, y_ptr, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr,
         g_r, lse_r, cnt_r = _load_dir(gr_ptr, rstats_ptr, rows, rmask)
         d = _dz(z, diag, keep, weight, g_r, lse_r, cnt_r, g_c, lse_c, cnt_c, smoothing, SIGLIP, BOTH)
         acc += tl.dot(tl.trans(d.to(x.dtype)), x, input_precision=PREC)
-    tl.store(dy_ptr + cols[:, None] * D + offs_d[None, :], acc, mask=cmask[:, None] & dmask[None, :])
+    tl.store(dy_ptr + cols.to(tl.int64)[:, None] * D + offs_d[None, :], acc, mask=cmask[:, None] & dmask[None, :])
 
 
 # Launchers ----------------------------------------------------------------------------------------
@@ -229,9 +231,9 @@ def _common(x, y, scale, bias, ids, log_w, kind):
     """Arguments shared by the three kernels, in their order, plus constexpr flags."""
     x, y = ensure_contiguous(x, y)
     dummy = scale
-    ptrs = [t if t is not None else dummy for t in (ids.x_pos, ids.y_pos, ids.x_src, ids.y_src)]
+    ptrs = [t.contiguous() if t is not None else dummy for t in (ids.x_pos, ids.y_pos, ids.x_src, ids.y_src)]
     flags = dict(HAS_POS=ids.x_pos is not None, HAS_SRC=ids.x_src is not None, HAS_BIAS=bias is not None,
-                 SIGLIP=kind == "siglip", PREC="ieee" if x.dtype == torch.float32 else "tf32")
+                 SIGLIP=kind == "siglip", PREC=fp32_dot_precision() if x.dtype == torch.float32 else "tf32")
     scale32 = scale.detach().reshape(1).float()
     bias32 = bias.detach().reshape(1).float() if bias is not None else scale32
     # SigLIP weighs same-source pairs: its kernels receive exp(log_w) in the log_w slot
@@ -251,8 +253,9 @@ def _forward_dir(x, y, scale, bias, ids, offset, log_w, smoothing, kind):
     stats = torch.empty(m, 2, device=x.device, dtype=torch.float32)
     cfg = _settings(d)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]),)
-    _contrastive_fwd_kernel[grid](x, y, *ptrs, s, b, loss, stats, m, n, d, x.stride(0), y.stride(0), offset,
-                                  float(src_term), float(smoothing), **flags, **cfg)
+    with device_guard(x):
+        _contrastive_fwd_kernel[grid](x, y, *ptrs, s, b, loss, stats, m, n, d, x.stride(0), y.stride(0), offset,
+                                          float(src_term), float(smoothing), **flags, **cfg)
     return loss, stats
 
 
@@ -283,8 +286,9 @@ def backward(g_row, g_col, x, y, scale, bias, ids, row_stats, col_stats, offset:
     dbias = torch.empty(n_row_blocks, device=x.device, dtype=torch.float32)
     common = (xc, yc, *ptrs, s, b, g_row, row_stats.contiguous(), g_col, col_stats)
     scalars = (m, n, d, xc.stride(0), yc.stride(0), offset, float(src_term), float(smoothing))
-    _contrastive_dx_kernel[(n_row_blocks,)](*common, dx, dbias, *scalars, BOTH=both, **flags, **cfg)
-    _contrastive_dy_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](*common, dy, *scalars, BOTH=both, **flags, **cfg)
+    with device_guard(x):
+        _contrastive_dx_kernel[(n_row_blocks,)](*common, dx, dbias, *scalars, BOTH=both, **flags, **cfg)
+        _contrastive_dy_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](*common, dy, *scalars, BOTH=both, **flags, **cfg)
     grad_scale = (dx * xc.float()).sum().to(scale.dtype)
     sc = scale.detach().float()
     return (dx * sc).to(x.dtype), (dy * sc).to(y.dtype), grad_scale, dbias.sum()
