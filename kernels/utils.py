@@ -12,8 +12,15 @@ MAX_FUSED_SIZE = 65536
 
 
 def interpreting() -> bool:
-    """True under ``TRITON_INTERPRET=1`` (kernels run on CPU; keep blocks small)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when the kernels take interpreter-sized tiles: under ``TRITON_INTERPRET=1`` (kernels run on
+    CPU), unless ``AVFAST_TRITON_TILES=gpu`` asks for the GPU's tiles there (the production
+    configuration, tested on CPU with small shapes)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" and not gpu_tiles_on_cpu()
+
+
+def gpu_tiles_on_cpu() -> bool:
+    """``AVFAST_TRITON_TILES=gpu``: the interpreter runs the tiles an sm_90 GPU would (see target_info)."""
+    return os.environ.get("AVFAST_TRITON_TILES", "") == "gpu"
 
 
 def next_pow2(n: int) -> int:
@@ -53,6 +60,8 @@ def target_info(device) -> tuple[int, int, int]:
     device = torch.device(device)
     if device.type == "cuda":
         return _cuda_info(device.index if device.index is not None else torch.cuda.current_device())
+    if gpu_tiles_on_cpu():
+        return 90, standin.SHARED_LIMIT[90], 4  # sm_90's tiles, few SMs: key/column splits still happen
     return 0, 1 << 30, 4
 
 
