@@ -78,7 +78,7 @@ def _contrastive_cases(full: bool, flags: bool) -> list[Case]:
     from avfast.ops import contrastive_loss
 
     cases = []
-    dims = (32, 64, 128, 256, 512, 1024) if full else (64, 128, 256, 512, 1024)
+    dims = (32, 64, 128, 256, 512, 1024) if full else (64, 128, 256, 512, 1024) if flags else (128, 512, 1024)
     options = [("infonce", False), ("siglip", False), ("infonce", True), ("siglip", True)]
     for dtype, d, (kind, ids) in itertools.product(_dtypes(full, flags), dims, options):
         if (kind, ids) != ("infonce", False) and not (flags and (full or dtype == torch.bfloat16)):
@@ -104,7 +104,7 @@ def _affinity_cases(full: bool, flags: bool) -> list[Case]:
     dims = (32, 64, 128, 512, 1024) if full else (64,)  # BLOCK_D is fixed (32): D only changes the loop
     options = [(False, None), (True, None), (False, torch.bfloat16)]
     for dtype, d, k, (excl, cdt) in itertools.product(_dtypes(full, flags), dims, ks, options):
-        if (cdt is not None and k > 32) or ((excl or cdt is not None) and not flags):
+        if (cdt is not None and k > 32) or ((excl or cdt is not None) and not (flags and (full or dtype == torch.bfloat16))):
             continue
         def run(dtype=dtype, d=d, k=k, excl=excl, cdt=cdt):
             x = torch.randn(40, d, dtype=dtype)
@@ -119,8 +119,8 @@ def _attention_cases(full: bool, flags: bool) -> list[Case]:
     from avfast.ops import cross_attention
 
     cases = []
-    dims = (32, 64, 80, 128, 256, 512) if full else (64, 128, 256, 512)
-    rows = (2, 16, 32, 64, 128) if full else (2, 32, 128)  # packed query rows per kv head (G * Lq)
+    dims = (32, 64, 80, 128, 256, 512) if full else (64, 128, 256, 512) if flags else (128, 256, 512)
+    rows = (2, 16, 32, 64, 128) if full else (2, 32, 128) if flags else (2, 128)  # packed rows per kv head
     options = [(False, False), (True, True)]
     for dtype, dh, lq, (masks, extras) in itertools.product(_dtypes(full, flags), dims, rows, options):
         if masks and not (flags and (full or dtype == torch.bfloat16)):

@@ -259,6 +259,8 @@ class Plan:
     keys_per_split: int
     num_warps: int
     num_stages: int = 2
+    dkdv_warps: int = 4   # warps of the backward kernels, chosen so fp16/bf16 compile without spills
+    dq_warps: int = 4
 
 
 def _sm_count(device: torch.device) -> int:
@@ -326,7 +328,12 @@ def plan(b: int, hkv: int, rows: int, lk: int, dh: int, device: torch.device, sp
     splits = max(1, min(splits, n_blocks))
     keys_per_split = triton.cdiv(n_blocks, splits) * block_n
     splits = triton.cdiv(lk, keys_per_split)
-    return Plan(block_m, block_n, block_d, splits, keys_per_split, num_warps, num_stages)
+    # dK/dV holds two fp32 (BLOCK_N, Dh) accumulators plus K, V, Q, dO tiles; dQ one accumulator
+    dkdv_warps = 16 if block_d >= 512 else 8 if max(block_m, block_n) * block_d >= 64 * 64 else 4
+    dq_warps = 4 if block_m * block_d <= 32 * 256 and block_d <= 256 else 8
+    if interpreting():
+        dkdv_warps = dq_warps = 4
+    return Plan(block_m, block_n, block_d, splits, keys_per_split, num_warps, num_stages, dkdv_warps, dq_warps)
 
 
 def _strides(x: torch.Tensor | None) -> tuple[int, ...]:
@@ -405,7 +412,7 @@ def attention_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale:
     with device_guard(q):
         _attn_bwd_dkdv_kernel[(triton.cdiv(lk, pl.block_n), b * hkv)](
             *tensors, dout, out, lse, dk, dv, *common, hq, hkv, g, lq, lk, dh, scale, drop_scale, **flags,
-            BLOCK_M=pl.block_m, BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.num_warps, num_stages=pl.num_stages)
+            BLOCK_M=pl.block_m, BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.dkdv_warps, num_stages=pl.num_stages)
     dq_dtype = q.dtype if pl.splits == 1 else torch.float32
     dq = torch.empty(pl.splits, b, hq, lq, dh, dtype=dq_dtype, device=q.device)
     dbias = torch.zeros(b, hq, lq, lk, dtype=torch.float32, device=q.device) if bias_grad else None
@@ -413,6 +420,6 @@ def attention_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale:
         _attn_bwd_dq_kernel[(triton.cdiv(g * lq, pl.block_m), b * hkv, pl.splits)](
             *tensors, dout, out, lse, dq, dbias, *common, hq, hkv, g, lq, lk, dh, pl.keys_per_split, scale,
             drop_scale, b * hq * lq * dh, **flags, BIAS_GRAD=bias_grad, BLOCK_M=pl.block_m, BLOCK_N=pl.block_n,
-            BLOCK_D=pl.block_d, num_warps=pl.num_warps, num_stages=pl.num_stages)
+            BLOCK_D=pl.block_d, num_warps=pl.dq_warps, num_stages=pl.num_stages)
     dq = dq[0] if pl.splits == 1 else dq.sum(0).to(q.dtype)
     return dq, dk, dv, dbias

@@ -221,12 +221,13 @@ def _contrastive_dy_kernel(x_ptr, y_ptr, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr,
 # tiles, so it starts at 32 x 32 (spill-free up to D = 128; above, it spills: benchmarks/RESULTS.md).
 _TILES_TC = ((64, 64, 4, 3), (64, 32, 8, 2), (32, 32, 8, 1), (16, 16, 4, 1))
 _TILES_IEEE = ((32, 32, 4, 2), (32, 32, 4, 1), (16, 16, 4, 1))
+_TILES_WIDE = ((16, 32, 8, 1), (16, 16, 8, 1))   # D = 1024: a 32-row fp32 accumulator would spill
 
 
 def _shared_estimate(block_m: int, block_n: int, block_d: int, elem: int, stages: int) -> int:
     """Upper estimate of the shared bytes of the three kernels: the x and y tiles of the pipelined
     stages (the backward kernels stage up to 1.5x the forward's; checked by benchmarks/compile_check.py)."""
-    return int((block_m + block_n) * block_d * elem * max(1, stages - 1) * 1.5) + 4096
+    return int((block_m + block_n) * block_d * elem * max(1, stages - 1) * 1.5) + 1024
 
 
 def plan(d: int, dtype: torch.dtype, device) -> tuple[dict, str | None]:
@@ -238,6 +239,8 @@ def plan(d: int, dtype: torch.dtype, device) -> tuple[dict, str | None]:
     elem = 4 if dtype == torch.float32 else 2
     cap, limit, _ = target_info(device)
     candidates = _TILES_IEEE if ieee else _TILES_TC
+    if block_d >= 1024 and not ieee:
+        candidates = _TILES_WIDE
     for bm, bn, warps, stages in candidates:
         if block_d > 128 and stages > 2:
             continue

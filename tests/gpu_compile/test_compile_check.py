@@ -63,6 +63,29 @@ def case_over_limit_tile_is_refused_per_target():
     assert standin.SHARED_LIMIT[86] < tgt90.records[0].shared <= standin.SHARED_LIMIT[90]
 
 
+def _ptx(kernel) -> str:
+    return next(iter(kernel.device_caches[90][0].values())).asm["ptx"]
+
+
+def case_row_offsets_are_64_bit():
+    """Rows x stride passes 2**31 for a 4.2M x 512 gallery: the compiled address arithmetic multiplies
+    in 64 bits (``mul.lo.s64``; the int32 version compiled none). Shapes stay small: the PTX is the same."""
+    import collections
+
+    from avfast.kernels import affinity, attention, contrastive
+
+    with standin.target(90):
+        affinity.topk_scores(torch.randn(1, 64, 64), torch.randn(1, 512, 64), None, 5, False)
+        ids = collections.namedtuple("Ids", "x_pos y_pos x_src y_src")(None, None, None, None)
+        contrastive.forward(torch.randn(64, 64, dtype=torch.float16), torch.randn(64, 64, dtype=torch.float16),
+                            torch.tensor(1.0), None, ids, 0, 0.0, 0.0, False, "infonce")
+        q = torch.randn(2, 2, 4, 64, dtype=torch.float16)
+        kv = torch.randn(2, 1, 80, 64, dtype=torch.float16)
+        attention.attention_forward(q, kv, kv, None, None, None, None, 0.125, 0.0, splits=1)
+    for kernel in (affinity._affinity_partial_kernel, contrastive._contrastive_fwd_kernel, attention._attn_fwd_kernel):
+        assert "mul.lo.s64" in _ptx(kernel), f"{kernel.fn.__name__}: no 64-bit offset multiply in its PTX"
+
+
 def test_ptxas_log_parser():
     log = ("ptxas info    : Compiling entry function 'k' for 'sm_90a'\n"
            "ptxas info    : Used 168 registers, used 1 barriers\n"
@@ -85,6 +108,10 @@ def test_non_constexpr_global_fails_to_compile():
 
 def test_over_limit_tile_is_refused_per_target():
     _in_compiler("case_over_limit_tile_is_refused_per_target")
+
+
+def test_row_offsets_are_64_bit():
+    _in_compiler("case_row_offsets_are_64_bit")
 
 
 if __name__ == "__main__":
