@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_PIN ?= torch==2.13.0 triton==3.7.1
 
-.PHONY: install demo test test-all bench info cuda-check clean
+.PHONY: install demo test test-all bench info cuda-check compile-check compile-check-full cuda-build-check dali-check gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,26 @@ info: install
 # Compile every CUDA source with nvcc (CI does this on CPU machines so the .cu files cannot rot).
 cuda-check:
 	bash .ci/nvcc_check.sh
+
+# Compile every Triton kernel for sm_80/86/89/90 through the stand-in driver (no GPU); CI grid,
+# or every flag combination on every target with compile-check-full.
+compile-check: install
+	OMP_NUM_THREADS=1 $(PY) benchmarks/compile_check.py --table
+
+compile-check-full: install
+	OMP_NUM_THREADS=1 $(PY) benchmarks/compile_check.py --full --table
+
+# The real CUDA build of avfast._C against PyPI's CUDA torch 2.14.1 in its own venv (CUDA_VENV).
+cuda-build-check:
+	bash .ci/cuda_build_check.sh
+
+# The DALI reader's argument names against the pinned DALI's operator schema (own venv, no GPU).
+dali-check:
+	bash .ci/dali_check.sh
+
+# On a machine with a CUDA GPU: build, pytest -m gpu, compute-sanitizer, quick gpu_report (JSON in GPU_OUT).
+gpu-check: install
+	bash benchmarks/gpu/gpu_check.sh
 
 clean:
 	rm -rf build *.egg-info avfast/_C*.so

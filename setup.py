@@ -12,6 +12,8 @@ import shutil
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# No -std flag: torch's extension builder picks the C++ standard its headers need (C++17 up to
+# torch 2.13, C++20 from 2.14).
 
 
 def _env_flag(name):
@@ -41,11 +43,11 @@ def _extensions():
 
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/*.cpp")
-    cxx = ["-O3", "-g0", "-std=c++17", "-fopenmp"] if os.name != "nt" else ["/O2"]
+    cxx = ["-O3", "-g0", "-fopenmp"] if os.name != "nt" else ["/O2"]
     args = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"] if os.name != "nt" else [])
     if _want_cuda(torch):
         sources += rel("csrc/cuda/*.cu") + rel("csrc/cuda/*.cpp")
-        args["extra_compile_args"]["nvcc"] = ["-O3", "-lineinfo", "--use_fast_math", "-std=c++17"]
+        args["extra_compile_args"]["nvcc"] = ["-O3", "-lineinfo", "--use_fast_math"]
         args["define_macros"] = [("AVFAST_WITH_CUDA", "1")]
         ext = CUDAExtension("avfast._C", sources, **args)
     else:

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from avfast.kernels.utils import interpreting, next_pow2
+from avfast.kernels.utils import device_guard, interpreting, next_pow2, target_info
 
 MAX_TRITON_K = 128
 _BIG = tl.constexpr(2**31 - 1)   # "no column" (Triton reads globals only as constexpr)
@@ -50,7 +50,8 @@ def _affinity_partial_kernel(
     real_slot = slot_pos[None, :] < k
     slot_v = tl.where(real_slot, float("-inf"), float("inf")) + tl.zeros((BLOCK_M, K_PAD), tl.float32)
     slot_i = tl.where(real_slot, _BIG, -1) + tl.zeros((BLOCK_M, K_PAD), tl.int32)
-    a_base = a_ptr + g * stride_ag + rows[:, None] * stride_am
+    # 64-bit row offsets: a gallery of N x D may pass 2**31 elements
+    a_base = a_ptr + g.to(tl.int64) * stride_ag + rows.to(tl.int64)[:, None] * stride_am
     c_start = split * span
     c_end = tl.minimum(N, c_start + span)
     for c0 in range(c_start, c_end, BLOCK_N):
@@ -60,7 +61,7 @@ def _affinity_partial_kernel(
         for d0 in range(0, D, BLOCK_D):
             ds = d0 + tl.arange(0, BLOCK_D)
             a = tl.load(a_base + ds[None, :], mask=row_ok[:, None] & (ds[None, :] < D), other=0.0)
-            bt = tl.load(b_ptr + g * stride_bg + cols[None, :] * stride_bn + ds[:, None],
+            bt = tl.load(b_ptr + g.to(tl.int64) * stride_bg + cols.to(tl.int64)[None, :] * stride_bn + ds[:, None],
                          mask=col_ok[None, :] & (ds[:, None] < D), other=0.0)
             if IEEE:
                 acc = tl.dot(a, bt, acc, input_precision="ieee")
@@ -126,7 +127,7 @@ def _splits(programs: int, n: int, block_n: int, k_pad: int, device: torch.devic
     """Column splits so the grid fills the GPU: about 2 programs per SM, each >= 4 column tiles."""
     if interpreting():
         return min(2, triton.cdiv(n, block_n))
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = target_info(device)[2]
     want = triton.cdiv(2 * sms, max(programs, 1))
     return max(1, min(want, triton.cdiv(n, 4 * block_n), _MERGE_ELEMS // k_pad))
 
@@ -149,17 +150,19 @@ def topk_scores(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, k: 
     part_v = torch.empty(G, B, splits * k_pad, dtype=torch.float32, device=a.device)
     part_i = torch.empty(G, B, splits * k_pad, dtype=torch.int32, device=a.device)
     bias_t = bias.float().contiguous() if bias is not None else part_v
-    _affinity_partial_kernel[(row_blocks, splits, G)](
-        a, b, bias_t, part_v, part_i, B, N, D, span, k,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), bias_t.stride(0) if bias is not None else 0,
-        HAS_BIAS=bias is not None, EXCLUDE_SELF=exclude_self, IEEE=a.dtype == torch.float32, SPLITS=splits,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, K_PAD=k_pad, num_warps=warps,
-    )
+    with device_guard(a):
+        _affinity_partial_kernel[(row_blocks, splits, G)](
+            a, b, bias_t, part_v, part_i, B, N, D, span, k,
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1), bias_t.stride(0) if bias is not None else 0,
+            HAS_BIAS=bias is not None, EXCLUDE_SELF=exclude_self, IEEE=a.dtype == torch.float32, SPLITS=splits,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, K_PAD=k_pad, num_warps=warps,
+        )
     values = torch.empty(G, B, k, dtype=torch.float32, device=a.device)
     indices = torch.empty(G, B, k, dtype=torch.int32, device=a.device)
     m = splits * k_pad
     merge_m = max(1, min(block_m, _MERGE_ELEMS // next_pow2(m)))
-    _affinity_merge_kernel[(triton.cdiv(B, merge_m), G)](
-        part_v, part_i, values, indices, B, k, m, BLOCK_M=merge_m, M_PAD=next_pow2(m), num_warps=warps,
-    )
+    with device_guard(a):
+        _affinity_merge_kernel[(triton.cdiv(B, merge_m), G)](
+            part_v, part_i, values, indices, B, k, m, BLOCK_M=merge_m, M_PAD=next_pow2(m), num_warps=warps,
+        )
     return values, indices.long()

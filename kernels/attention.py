@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from avfast.kernels.utils import interpreting, next_pow2
+from avfast.kernels.utils import device_guard, fp32_dot_precision, interpreting, next_pow2, target_info
 
 
 @triton.jit
@@ -100,7 +100,8 @@ def _key_range(Lens, b, split, keys_per_split, Lk, HAS_LENS: tl.constexpr):
 def _query_program(Hkv):
     """This program's (batch, kv head, first packed row block index, key split)."""
     pid_m, bhk, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    return bhk // Hkv, bhk % Hkv, pid_m, split
+    # 64-bit batch index: every b * stride offset is then 64-bit (tensors may pass 2**31 elements)
+    return (bhk // Hkv).to(tl.int64), bhk % Hkv, pid_m, split
 
 
 @triton.jit
@@ -257,26 +258,68 @@ class Plan:
     splits: int
     keys_per_split: int
     num_warps: int
+    num_stages: int = 2
+    dkdv_warps: int = 4   # warps of the backward kernels, chosen so fp16/bf16 compile without spills
+    dq_warps: int = 4
 
 
-@functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # interpreter: a few splits, so the split path is exercised on CPU too
+    return target_info(device)[2]  # interpreter: 4, so the split path is exercised on CPU too
 
 
-def plan(b: int, hkv: int, rows: int, lk: int, dh: int, device: torch.device, splits: int | None = None) -> Plan:
+MAX_HEAD_DIM = 512
+
+
+def _shared_estimate(bm: int, bn: int, bd: int, elem: int, stages: int) -> int:
+    """Upper estimate of the shared bytes of the worst of the three kernels: the streamed tiles of
+    the pipelined stages (K, V in forward / dq; Q, dO in dK/dV) plus the resident ones and one score
+    tile, with a 25 % margin (checked by benchmarks/compile_check.py on every target)."""
+    buffers = max(1, stages - 1)
+    fwd = buffers * 2 * bn * bd * elem + 2 * bm * bd * elem + bm * bn * elem
+    dkdv = buffers * 2 * bm * bd * elem + 2 * bn * bd * elem + 2 * bm * bn * elem
+    return int(max(fwd, dkdv) * 1.25)
+
+
+def tiles(rows: int, dh: int, dtype: torch.dtype, device) -> tuple[tuple[int, int, int, int], str | None]:
+    """((BLOCK_M, BLOCK_N, num_warps, num_stages), None), or (the smallest tiles, why they do not fit
+    the target's shared memory). BLOCK_M follows the packed rows, in [16, 64] (128 at Dh <= 64);
+    tiles and stages shrink until the estimate fits. The exact fp32 path ("ieee") keeps 32-wide tiles."""
+    block_d = max(16, next_pow2(dh))
+    bm0 = min(max(16, next_pow2(rows)), 128 if block_d <= 64 else 64)
+    bn0 = 64 if block_d <= 128 else 32
+    if interpreting():
+        return (bm0, 32, 4, 1), None
+    elem = 4 if dtype == torch.float32 else 2
+    if dtype == torch.float32 and fp32_dot_precision() == "ieee":
+        bm0, bn0 = min(bm0, 32), min(bn0, 32)
+    cap, limit, _ = target_info(device)
+    candidates = [(bm0, bn0, 2), (bm0, bn0, 1), (min(bm0, 32), bn0, 1), (16, min(bn0, 32), 1), (16, 16, 1)]
+    for bm, bn, stages in candidates:
+        if _shared_estimate(bm, bn, block_d, elem, stages) <= limit:
+            return (bm, bn, 4 if bm * block_d <= 64 * 64 else 8, stages), None
+    bm, bn, stages = candidates[-1]
+    return ((bm, bn, 4 if bm * block_d <= 64 * 64 else 8, stages),
+            f"{str(dtype).replace('torch.', '')} head dim {dh}: ~{_shared_estimate(bm, bn, block_d, elem, stages)} "
+            f"bytes of shared memory with the smallest tiles ({bm} x {bn}), above the {limit} of sm_{cap}")
+
+
+def refusal(rows: int, dh: int, dtype: torch.dtype, device) -> list[str]:
+    """Why the Triton kernels cannot run this head dim / dtype on the target (empty: they can)."""
+    if dh > MAX_HEAD_DIM:
+        return [f"head dim {dh} > {MAX_HEAD_DIM} (Triton kernels)"]
+    why = tiles(rows, dh, dtype, device)[1]
+    return [why] if why else []
+
+
+def plan(b: int, hkv: int, rows: int, lk: int, dh: int, device: torch.device, splits: int | None = None,
+         dtype: torch.dtype = torch.float16) -> Plan:
     """Tile sizes and the key split for B * Hkv query groups of ``rows`` = (Hq / Hkv) * Lq packed rows.
 
-    BLOCK_M = next power of two >= rows in [16, 64] (128 for long query blocks at Dh <= 64); the keys
-    are split when fewer than 2 programs per SM would run, each split keeping >= 2 key blocks.
+    Tiles from ``tiles``; the keys are split when fewer than 2 programs per SM would run, each split
+    keeping >= 2 key blocks.
     """
     block_d = max(16, next_pow2(dh))
-    block_m = min(max(16, next_pow2(rows)), 128 if block_d <= 64 else 64)
-    block_n = 64 if block_d <= 128 else 32
-    if interpreting():
-        block_n = 32
+    (block_m, block_n, num_warps, num_stages), _ = tiles(rows, dh, dtype, device)
     n_blocks = triton.cdiv(lk, block_n)
     if splits is None:
         programs = b * hkv * triton.cdiv(rows, block_m)
@@ -285,8 +328,12 @@ def plan(b: int, hkv: int, rows: int, lk: int, dh: int, device: torch.device, sp
     splits = max(1, min(splits, n_blocks))
     keys_per_split = triton.cdiv(n_blocks, splits) * block_n
     splits = triton.cdiv(lk, keys_per_split)
-    num_warps = 4 if block_m * block_d <= 64 * 64 else 8
-    return Plan(block_m, block_n, block_d, splits, keys_per_split, num_warps)
+    # dK/dV holds two fp32 (BLOCK_N, Dh) accumulators plus K, V, Q, dO tiles; dQ one accumulator
+    dkdv_warps = 16 if block_d >= 512 else 8 if max(block_m, block_n) * block_d >= 64 * 64 else 4
+    dq_warps = 4 if block_m * block_d <= 32 * 256 and block_d <= 256 else 8
+    if interpreting():
+        dkdv_warps = dq_warps = 4
+    return Plan(block_m, block_n, block_d, splits, keys_per_split, num_warps, num_stages, dkdv_warps, dq_warps)
 
 
 def _strides(x: torch.Tensor | None) -> tuple[int, ...]:
@@ -301,9 +348,9 @@ def _shared(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p):
     """Pointer/stride/flag arguments every kernel takes, prepared once per call."""
     b, hq, lq, dh = q.shape
     bias4 = None if bias is None else bias.expand(b, hq, lq, k.shape[2])
-    prec = ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee") if q.dtype == torch.float32 else None
+    prec = fp32_dot_precision() if q.dtype == torch.float32 else None
     tensors = (q, k, v, bias4, None if kpm is None else kpm.contiguous().view(torch.uint8),
-               kv_lens, None if keep is None else keep.contiguous().view(torch.uint8))
+               None if kv_lens is None else kv_lens.contiguous(), None if keep is None else keep.contiguous().view(torch.uint8))
     strides = (*_strides(q), *_strides(k), *_strides(v), *(bias4.stride() if bias4 is not None else (0, 0, 0, 0)))
     flags = dict(HAS_BIAS=bias is not None, HAS_KPM=kpm is not None, HAS_LENS=kv_lens is not None,
                  HAS_DROPOUT=keep is not None, PREC=prec)
@@ -317,7 +364,7 @@ def attention_forward(q, k, v, kv_lens, kpm, bias, keep, scale: float, dropout_p
     b, hq, lq, dh = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     g = hq // hkv
-    pl = plan(b, hkv, g * lq, lk, dh, q.device, splits)
+    pl = plan(b, hkv, g * lq, lk, dh, q.device, splits, q.dtype)
     tensors, strides, flags, drop_scale = _shared(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p)
     if pl.splits == 1:
         out = torch.empty(b, hq, lq, dh, dtype=q.dtype, device=q.device)
@@ -326,9 +373,10 @@ def attention_forward(q, k, v, kv_lens, kpm, bias, keep, scale: float, dropout_p
         out = torch.empty(pl.splits, b, hq, lq, dh, dtype=torch.float32, device=q.device)
         lse = torch.empty(pl.splits, b, hq, lq, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(g * lq, pl.block_m), b * hkv, pl.splits)
-    _attn_fwd_kernel[grid](*tensors, out, lse, *strides, hq, hkv, g, lq, lk, dh, pl.keys_per_split, scale,
-                           drop_scale, b * hq * lq * dh, b * hq * lq, **flags, BLOCK_M=pl.block_m,
-                           BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.num_warps)
+    with device_guard(q):
+        _attn_fwd_kernel[grid](*tensors, out, lse, *strides, hq, hkv, g, lq, lk, dh, pl.keys_per_split, scale,
+                               drop_scale, b * hq * lq * dh, b * hq * lq, **flags, BLOCK_M=pl.block_m,
+                               BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.num_warps, num_stages=pl.num_stages)
     if pl.splits == 1:
         return out, lse
     return merge_splits(out, lse, q.dtype)
@@ -342,8 +390,9 @@ def merge_splits(part: torch.Tensor, part_lse: torch.Tensor, dtype: torch.dtype)
     rows = lse.numel()
     block_d = max(16, next_pow2(dh))
     block_r = max(1, min(64, 4096 // block_d))
-    _merge_splits_kernel[(triton.cdiv(rows, block_r),)](part, part_lse, out, lse, rows, dh, splits,
-                                                        BLOCK_R=block_r, BLOCK_D=block_d)
+    with device_guard(part):
+        _merge_splits_kernel[(triton.cdiv(rows, block_r),)](part, part_lse, out, lse, rows, dh, splits,
+                                                            BLOCK_R=block_r, BLOCK_D=block_d)
     return out, lse
 
 
@@ -354,21 +403,23 @@ def attention_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale:
     b, hq, lq, dh = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     g = hq // hkv
-    pl = plan(b, hkv, g * lq, lk, dh, q.device, splits)
+    pl = plan(b, hkv, g * lq, lk, dh, q.device, splits, q.dtype)
     tensors, strides, flags, drop_scale = _shared(q, k, v, kv_lens, kpm, bias, keep, scale, dropout_p)
     out, lse = out.contiguous(), lse.contiguous()
     dk, dv = torch.empty(b, hkv, lk, dh, dtype=k.dtype, device=q.device), torch.empty(b, hkv, lk, dh, dtype=v.dtype,
                                                                                         device=q.device)
     common = (*strides, *_strides(dout))
-    _attn_bwd_dkdv_kernel[(triton.cdiv(lk, pl.block_n), b * hkv)](
-        *tensors, dout, out, lse, dk, dv, *common, hq, hkv, g, lq, lk, dh, scale, drop_scale, **flags,
-        BLOCK_M=pl.block_m, BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.num_warps)
+    with device_guard(q):
+        _attn_bwd_dkdv_kernel[(triton.cdiv(lk, pl.block_n), b * hkv)](
+            *tensors, dout, out, lse, dk, dv, *common, hq, hkv, g, lq, lk, dh, scale, drop_scale, **flags,
+            BLOCK_M=pl.block_m, BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.dkdv_warps, num_stages=pl.num_stages)
     dq_dtype = q.dtype if pl.splits == 1 else torch.float32
     dq = torch.empty(pl.splits, b, hq, lq, dh, dtype=dq_dtype, device=q.device)
     dbias = torch.zeros(b, hq, lq, lk, dtype=torch.float32, device=q.device) if bias_grad else None
-    _attn_bwd_dq_kernel[(triton.cdiv(g * lq, pl.block_m), b * hkv, pl.splits)](
-        *tensors, dout, out, lse, dq, dbias, *common, hq, hkv, g, lq, lk, dh, pl.keys_per_split, scale,
-        drop_scale, b * hq * lq * dh, **flags, BIAS_GRAD=bias_grad, BLOCK_M=pl.block_m, BLOCK_N=pl.block_n,
-        BLOCK_D=pl.block_d, num_warps=pl.num_warps)
+    with device_guard(q):
+        _attn_bwd_dq_kernel[(triton.cdiv(g * lq, pl.block_m), b * hkv, pl.splits)](
+            *tensors, dout, out, lse, dq, dbias, *common, hq, hkv, g, lq, lk, dh, pl.keys_per_split, scale,
+            drop_scale, b * hq * lq * dh, **flags, BIAS_GRAD=bias_grad, BLOCK_M=pl.block_m, BLOCK_N=pl.block_n,
+            BLOCK_D=pl.block_d, num_warps=pl.dq_warps, num_stages=pl.num_stages)
     dq = dq[0] if pl.splits == 1 else dq.sum(0).to(q.dtype)
     return dq, dk, dv, dbias

@@ -22,10 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
-from avfast.kernels.utils import ensure_contiguous, interpreting, next_pow2
+from avfast.kernels.utils import (device_guard, ensure_contiguous, fp32_dot_precision, interpreting, next_pow2,
+                                  target_info)
 
 MAX_D = 1024
-_NEG = -1.0e30  # running-max start: finite so that exp(m_old - m_new) never sees inf - inf
+_NEG = tl.constexpr(-1.0e30)  # running-max start: finite so that exp(m_old - m_new) never sees inf - inf
 
 
 @triton.jit
@@ -88,7 +89,9 @@ def _dz(z, diag, keep, weight, g_r, lse_r, cnt_r, g_c, lse_c, cnt_c, smoothing,
 
 @triton.jit
 def _load_rows(ptr, idx, mask, stride, offs_d, dmask):
-    return tl.load(ptr + idx[:, None] * stride + offs_d[None, :], mask=mask[:, None] & dmask[None, :], other=0.0)
+    # 64-bit row offsets: (rows x D) may pass 2**31 elements
+    return tl.load(ptr + idx.to(tl.int64)[:, None] * stride + offs_d[None, :], mask=mask[:, None] & dmask[None, :],
+                   other=0.0)
 
 
 @triton.jit
@@ -181,7 +184,7 @@ def _contrastive_dx_kernel(x_ptr, y_ptr, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr,
         d = _dz(z, diag, keep, weight, g_r, lse_r, cnt_r, g_c, lse_c, cnt_c, smoothing, SIGLIP, BOTH)
         acc += tl.dot(d.to(y.dtype), y, input_precision=PREC)
         bsum += tl.sum(d, 1)
-    tl.store(dx_ptr + rows[:, None] * D + offs_d[None, :], acc, mask=rmask[:, None] & dmask[None, :])
+    tl.store(dx_ptr + rows.to(tl.int64)[:, None] * D + offs_d[None, :], acc, mask=rmask[:, None] & dmask[None, :])
     tl.store(dbias_ptr + pid, tl.sum(bsum, 0))
 
 
@@ -207,31 +210,60 @@ def _contrastive_dy_kernel(x_ptr, y_ptr, xpos_ptr, ypos_ptr, xsrc_ptr, ysrc_ptr,
         g_r, lse_r, cnt_r = _load_dir(gr_ptr, rstats_ptr, rows, rmask)
         d = _dz(z, diag, keep, weight, g_r, lse_r, cnt_r, g_c, lse_c, cnt_c, smoothing, SIGLIP, BOTH)
         acc += tl.dot(tl.trans(d.to(x.dtype)), x, input_precision=PREC)
-    tl.store(dy_ptr + cols[:, None] * D + offs_d[None, :], acc, mask=cmask[:, None] & dmask[None, :])
+    tl.store(dy_ptr + cols.to(tl.int64)[:, None] * D + offs_d[None, :], acc, mask=cmask[:, None] & dmask[None, :])
 
 
 # Launchers ----------------------------------------------------------------------------------------
 
 
-def _settings(d: int) -> dict:
-    """Tile sizes and warps for feature size ``d`` (one config; small tiles under the interpreter)."""
+# (BLOCK_M, BLOCK_N, num_warps, num_stages), most preferred first; the first whose estimated shared
+# memory fits the target is used. The exact fp32 path ("ieee": FMA, no tensor cores) spills on 64-wide
+# tiles, so it starts at 32 x 32 (spill-free up to D = 128; above, it spills: benchmarks/RESULTS.md).
+_TILES_TC = ((64, 64, 4, 3), (64, 32, 8, 2), (32, 32, 8, 1), (16, 16, 4, 1))
+_TILES_IEEE = ((32, 32, 4, 2), (32, 32, 4, 1), (16, 16, 4, 1))
+_TILES_WIDE = ((16, 32, 8, 1), (16, 16, 8, 1))   # D = 1024: a 32-row fp32 accumulator would spill
+
+
+def _shared_estimate(block_m: int, block_n: int, block_d: int, elem: int, stages: int) -> int:
+    """Upper estimate of the shared bytes of the three kernels: the x and y tiles of the pipelined
+    stages (the backward kernels stage up to 1.5x the forward's; checked by benchmarks/compile_check.py)."""
+    return int((block_m + block_n) * block_d * elem * max(1, stages - 1) * 1.5) + 1024
+
+
+def plan(d: int, dtype: torch.dtype, device) -> tuple[dict, str | None]:
+    """(tile settings, None) for feature size ``d``, or (the smallest tiles, why they do not fit)."""
     block_d = max(16, next_pow2(d))
     if interpreting():
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=4)
-    if block_d <= 128:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=4, num_stages=3)
-    if block_d <= 512:
-        return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=2)
-    return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=1)
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=4), None
+    ieee = dtype == torch.float32 and fp32_dot_precision() == "ieee"
+    elem = 4 if dtype == torch.float32 else 2
+    cap, limit, _ = target_info(device)
+    candidates = _TILES_IEEE if ieee else _TILES_TC
+    if block_d >= 1024 and not ieee:
+        candidates = _TILES_WIDE
+    for bm, bn, warps, stages in candidates:
+        if block_d > 128 and stages > 2:
+            continue
+        if _shared_estimate(bm, bn, block_d, elem, stages) <= limit:
+            return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=stages), None
+    bm, bn, warps, stages = candidates[-1]
+    need = _shared_estimate(bm, bn, block_d, elem, stages)
+    return (dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=stages),
+            f"{str(dtype).replace('torch.', '')} D = {d} needs ~{need} bytes of shared memory with the smallest "
+            f"tile ({bm} x {bn}), above the {limit} of sm_{cap}")
+
+
+def _settings(d: int, dtype: torch.dtype = torch.float16, device="cpu") -> dict:
+    return plan(d, dtype, device)[0]
 
 
 def _common(x, y, scale, bias, ids, log_w, kind):
     """Arguments shared by the three kernels, in their order, plus constexpr flags."""
     x, y = ensure_contiguous(x, y)
     dummy = scale
-    ptrs = [t if t is not None else dummy for t in (ids.x_pos, ids.y_pos, ids.x_src, ids.y_src)]
+    ptrs = [t.contiguous() if t is not None else dummy for t in (ids.x_pos, ids.y_pos, ids.x_src, ids.y_src)]
     flags = dict(HAS_POS=ids.x_pos is not None, HAS_SRC=ids.x_src is not None, HAS_BIAS=bias is not None,
-                 SIGLIP=kind == "siglip", PREC="ieee" if x.dtype == torch.float32 else "tf32")
+                 SIGLIP=kind == "siglip", PREC=fp32_dot_precision() if x.dtype == torch.float32 else "tf32")
     scale32 = scale.detach().reshape(1).float()
     bias32 = bias.detach().reshape(1).float() if bias is not None else scale32
     # SigLIP weighs same-source pairs: its kernels receive exp(log_w) in the log_w slot
@@ -249,10 +281,11 @@ def _forward_dir(x, y, scale, bias, ids, offset, log_w, smoothing, kind):
     x, y, ptrs, s, b, src_term, flags = _common(x, y, scale, bias, ids, log_w, kind)
     loss = torch.empty(m, device=x.device, dtype=torch.float32)
     stats = torch.empty(m, 2, device=x.device, dtype=torch.float32)
-    cfg = _settings(d)
+    cfg = _settings(d, x.dtype, x.device)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]),)
-    _contrastive_fwd_kernel[grid](x, y, *ptrs, s, b, loss, stats, m, n, d, x.stride(0), y.stride(0), offset,
-                                  float(src_term), float(smoothing), **flags, **cfg)
+    with device_guard(x):
+        _contrastive_fwd_kernel[grid](x, y, *ptrs, s, b, loss, stats, m, n, d, x.stride(0), y.stride(0), offset,
+                                          float(src_term), float(smoothing), **flags, **cfg)
     return loss, stats
 
 
@@ -276,15 +309,16 @@ def backward(g_row, g_col, x, y, scale, bias, ids, row_stats, col_stats, offset:
     g_row = g_row.float().contiguous()
     g_col = g_col.float().contiguous() if both else g_row
     col_stats = col_stats.contiguous() if both else row_stats
-    cfg = _settings(d)
+    cfg = _settings(d, x.dtype, x.device)
     dx = torch.empty(m, d, device=x.device, dtype=torch.float32)
     dy = torch.empty(n, d, device=x.device, dtype=torch.float32)
     n_row_blocks = triton.cdiv(m, cfg["BLOCK_M"])
     dbias = torch.empty(n_row_blocks, device=x.device, dtype=torch.float32)
     common = (xc, yc, *ptrs, s, b, g_row, row_stats.contiguous(), g_col, col_stats)
     scalars = (m, n, d, xc.stride(0), yc.stride(0), offset, float(src_term), float(smoothing))
-    _contrastive_dx_kernel[(n_row_blocks,)](*common, dx, dbias, *scalars, BOTH=both, **flags, **cfg)
-    _contrastive_dy_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](*common, dy, *scalars, BOTH=both, **flags, **cfg)
+    with device_guard(x):
+        _contrastive_dx_kernel[(n_row_blocks,)](*common, dx, dbias, *scalars, BOTH=both, **flags, **cfg)
+        _contrastive_dy_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](*common, dy, *scalars, BOTH=both, **flags, **cfg)
     grad_scale = (dx * xc.float()).sum().to(scale.dtype)
     sc = scale.detach().float()
     return (dx * sc).to(x.dtype), (dy * sc).to(y.dtype), grad_scale, dbias.sum()

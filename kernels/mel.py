@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from avfast.kernels.utils import interpreting, next_pow2
+from avfast.kernels.utils import device_guard, fp32_dot_precision, interpreting, next_pow2
 
 
 @triton.jit
@@ -165,10 +165,11 @@ def dft_tables(n_fft: int, win_len: int, device: torch.device) -> tuple[torch.Te
 
 
 def dft_precision() -> str:
-    """Precision of the DFT and mel dots: "ieee" (fp32, default) or "tf32" (AVFAST_MEL_DFT_PRECISION)."""
-    value = os.environ.get("AVFAST_MEL_DFT_PRECISION", "ieee")
-    if value not in ("ieee", "tf32"):
-        raise ValueError(f"AVFAST_MEL_DFT_PRECISION must be 'ieee' or 'tf32' ({value!r} given)")
+    """Precision of the DFT and mel dots: AVFAST_MEL_DFT_PRECISION ("ieee", "tf32x3" or "tf32") when set,
+    else from torch.get_float32_matmul_precision() (``fp32_dot_precision``: "highest" -> "ieee")."""
+    value = os.environ.get("AVFAST_MEL_DFT_PRECISION") or fp32_dot_precision()
+    if value not in ("ieee", "tf32x3", "tf32"):
+        raise ValueError(f"AVFAST_MEL_DFT_PRECISION must be 'ieee', 'tf32x3' or 'tf32' ({value!r} given)")
     return value
 
 
@@ -190,16 +191,18 @@ def mel_spectrogram_triton(wave, lengths, frames, window, fb, bands, freq_masks,
     block_f, block_n, block_k = (16, 64, 64) if small else (64, 64, 64)
     block_m = max(16, next_pow2(n_mels))
     grid = (B * C, triton.cdiv(n_out, block_f))
-    _mel_fwd_kernel[grid](
-        wave, lengths, frames, window, cos, sin, fb, out, C, T, win_len, n_freq, n_mels, hop, offset, n_out,
-        stride_m, stride_f, preemphasis, power, log_eps, log_offset,
-        BOUNDARY=boundary, REMOVE_DC=bool(remove_dc), PREEMPHASIS=preemphasis != 0.0, LOG_MODE=log_mode,
-        POWER2=power == 2.0, PRECISION=dft_precision(), BLOCK_F=block_f, BLOCK_N=block_n, BLOCK_K=block_k,
-        BLOCK_M=block_m, num_warps=4 if small else 8)
+    with device_guard(wave):
+        _mel_fwd_kernel[grid](
+            wave, lengths, frames, window, cos, sin, fb, out, C, T, win_len, n_freq, n_mels, hop, offset, n_out,
+            stride_m, stride_f, preemphasis, power, log_eps, log_offset,
+            BOUNDARY=boundary, REMOVE_DC=bool(remove_dc), PREEMPHASIS=preemphasis != 0.0, LOG_MODE=log_mode,
+            POWER2=power == 2.0, PRECISION=dft_precision(), BLOCK_F=block_f, BLOCK_N=block_n, BLOCK_K=block_k,
+            BLOCK_M=block_m, num_warps=4 if small else 8)
     mask_mean = math.isnan(mask_value)
-    _mel_finish_kernel[(B,)](
-        out, frames, freq_masks, time_masks, C, n_mels, n_out, stride_m, stride_f, freq_masks.shape[1],
-        time_masks.shape[1], top_db, mean, 1.0 / std, pad_value, 0.0 if mask_mean else mask_value,
-        TOP_DB=top_db >= 0, MASK_MEAN=mask_mean, BLOCK_M=min(block_m, 32) if small else 32,
-        BLOCK_F=64 if small else 128)
+    with device_guard(wave):
+        _mel_finish_kernel[(B,)](
+            out, frames, freq_masks, time_masks, C, n_mels, n_out, stride_m, stride_f, freq_masks.shape[1],
+            time_masks.shape[1], top_db, mean, 1.0 / std, pad_value, 0.0 if mask_mean else mask_value,
+            TOP_DB=top_db >= 0, MASK_MEAN=mask_mean, BLOCK_M=min(block_m, 32) if small else 32,
+            BLOCK_F=64 if small else 128)
     return out

@@ -101,15 +101,18 @@ def compare_to_reference(fn: Callable, ref_fn: Callable, inputs: Sequence[Any], 
                          kwargs: dict | None = None, seed: int = 0) -> tuple:
     """Run ``fn`` and ``ref_fn`` on copies of ``inputs`` and compare outputs and gradients.
 
-    Float inputs are cast to ``dtype`` for ``fn`` and to ``ref_dtype`` for ``ref_fn`` (None keeps
-    them); inputs with ``requires_grad`` get gradients compared when ``grad``. Outputs may be a tensor
+    Float inputs are cast to ``dtype`` for ``fn``; ``ref_fn`` gets those rounded values cast to
+    ``ref_dtype`` (None keeps them); inputs with ``requires_grad`` get gradients compared when ``grad``. Outputs may be a tensor
     or a tuple (integer outputs must match exactly; None entries are skipped). The backward uses
     the same random upstream gradient for both sides. Tolerances: ``tol(dtype, tol_scale)`` for
     values, ``grad_tol_scale`` (default ``tol_scale``) for gradients. Returns (outputs, ref_outputs).
     """
     kwargs = kwargs or {}
     dtype = dtype or next((x.dtype for x in inputs if isinstance(x, torch.Tensor) and x.is_floating_point()), torch.float32)
-    test_in, ref_in = _clone_inputs(inputs, dtype), _clone_inputs(inputs, ref_dtype)
+    test_in = _clone_inputs(inputs, dtype)
+    # the reference sees the inputs the tested side sees: rounded to ``dtype`` first (a half-precision
+    # test must not be charged the rounding of its own inputs), then raised to ``ref_dtype``
+    ref_in = _clone_inputs(test_in, ref_dtype)
     out, ref = _as_tuple(fn(*test_in, **kwargs)), _as_tuple(ref_fn(*ref_in, **kwargs))
     assert len(out) == len(ref), f"{msg}: {len(out)} outputs vs reference's {len(ref)}"
     for i, (o, r) in enumerate(zip(out, ref)):

@@ -217,12 +217,24 @@ def _shown_at(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(pts, np.asarray(times) + _EPS, side="right") - 1, 0, len(pts) - 1)
 
 
+# The DALI release the reader is written against (pinned in pyproject's ``gpu`` extra) and the exact
+# arguments it passes: .ci/dali_schema_check.py checks every name against that release's operator
+# schema (``nvidia.dali.backend.GetSchema``), which needs no GPU. "device" is DALI's placement argument,
+# common to every operator.
+DALI_VERSION = "2.4.0"
+DALI_DECODER_SCHEMA = "decoders__Video"   # fn.decoders.video
+DALI_DECODER_ARGS = ("device", "frames")
+DALI_PIPELINE_ARGS = ("batch_size", "num_threads", "device_id", "prefetch_queue_depth")
+DALI_SOURCE_ARGS = ("name", "dtype", "ndim")
+
+
 class DaliVideoReader:
     """GPU video reader on NVIDIA DALI (NVDEC): batched decoding, CUDA uint8 tensors out.
 
     .. devices:: CUDA
 
-    DALI is imported when the reader is built (``pip install nvidia-dali-cuda120``/``-cuda130``).
+    DALI is imported when the reader is built (``pip install "avfast[gpu]"``: nvidia-dali-cuda130 ==
+    ``DALI_VERSION``, whose ``decoders.video`` schema the arguments below follow).
     Target times are turned into frame indices with a per-file timestamp index (demuxed once with
     PyAV, no decoding, cached), then DALI's ``decoders.video`` decodes exactly those frames of every
     file in the batch. ``read`` (one clip) and ``read_batch`` (many clips, one pipeline run) return
@@ -233,8 +245,8 @@ class DaliVideoReader:
         try:
             from nvidia.dali import fn, pipeline_def, types  # noqa: F401
         except ImportError as exc:
-            raise ImportError("DaliVideoReader needs NVIDIA DALI: pip install nvidia-dali-cuda120 "
-                              "(or -cuda130, matching your CUDA)") from exc
+            raise ImportError(f"DaliVideoReader needs NVIDIA DALI {DALI_VERSION}: pip install "
+                              f"nvidia-dali-cuda130=={DALI_VERSION}") from exc
         if not torch.cuda.is_available():
             raise RuntimeError("DaliVideoReader needs a CUDA GPU; use PyAVVideoReader on CPU")
         self.device_id = torch.cuda.current_device() if device_id is None else device_id
@@ -245,10 +257,11 @@ class DaliVideoReader:
     def _build(self):
         from nvidia.dali import fn, pipeline_def, types
 
-        decode = getattr(fn, "decoders", None)
-        decode = getattr(decode, "video", None) or fn.experimental.decoders.video
+        decode = fn.decoders.video  # DALI >= 2.0 (DALI_VERSION): takes the frame indices as ``frames``
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id)
+        # one feed_input per run(): a prefetch queue of 1 (the default 2 would wait for a second feed)
+        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
+                      prefetch_queue_depth=1)
         def pipe():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)

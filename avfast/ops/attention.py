@@ -338,7 +338,19 @@ register_backend(OP, "xformers", priority=25, devices=("cuda",), dtypes=(torch.f
 
 
 def _gpu_kernel_check(q, k, v, kv_lens=None, kpm=None, bias=None, *, dropout_p=0.0, bias_grad=False, **_):
-    reasons = _head_dim_reasons(q)
+    return _head_dim_reasons(q) + _grid_reasons(q, k, dropout_p, bias_grad)
+
+
+def _triton_check(q, k, v, kv_lens=None, kpm=None, bias=None, *, dropout_p=0.0, bias_grad=False, **_):
+    """Head dims up to 512 where the target's shared memory holds the tiles (avfast.kernels.attention.tiles)."""
+    from avfast.kernels.attention import refusal
+
+    rows = (q.shape[1] // k.shape[1]) * q.shape[2]
+    return refusal(rows, q.shape[-1], q.dtype, q.device) + _grid_reasons(q, k, dropout_p, bias_grad)
+
+
+def _grid_reasons(q, k, dropout_p, bias_grad) -> list[str]:
+    reasons = []
     b, hq, lq = q.shape[:3]
     if b * hq > 65535:
         reasons.append(f"B * Hq = {b * hq} exceeds the CUDA grid limit 65535")
@@ -362,7 +374,7 @@ def _triton_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale, d
 
 
 triton_backend(OP, priority=30, dtypes=(torch.float16, torch.bfloat16, torch.float32), autograd=True,
-               check=_gpu_kernel_check,
+               check=_triton_check,
                description="avfast flash forward/backward: online softmax, BLOCK_M from Lq, key splits for short "
                            "queries, kv_lens skip tiles, GQA, bias grads, deterministic backward (no atomics)")(
     _Impl(_triton_forward, _triton_backward))
@@ -500,7 +512,8 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, kv_len
     Args:
         q: (B, Hq, Lq, Dh) queries (e.g. a handful of audio tokens).
         k, v: (B, Hkv, Lk, Dh) keys/values; ``Hq`` a multiple of ``Hkv`` (GQA/MQA: q head ``h`` uses
-            kv head ``h // (Hq // Hkv)``). ``Dh`` <= 256 on the fused backends; any Lq, Lk >= 1.
+            kv head ``h // (Hq // Hkv)``). ``Dh`` <= 256 on the fused backends (512 on ``triton`` where
+            the GPU's shared memory holds the tiles); any Lq, Lk >= 1.
         kv_lens: (B,) integer valid key count per sample; keys at ``>= kv_lens[b]`` are ignored
             (never read by the fused kernels, so they may hold garbage or NaN).
         key_padding_mask: (B, Lk) bool, True = padding (as ``nn.MultiheadAttention``). Combined

@@ -182,6 +182,12 @@ def _triton_check(a, b, gather="none", **info):
     reasons = _tiled_only(a, b, gather=gather)
     if a.shape[-1] > 1024:
         reasons.append(f"D = {a.shape[-1]} > 1024 (one tile row of D is kept in registers)")
+    else:
+        from avfast.kernels.contrastive import plan
+
+        why = plan(a.shape[-1], a.dtype, a.device)[1]  # shared memory of the target's tiles
+        if why:
+            reasons.append(why)
     return reasons
 
 
