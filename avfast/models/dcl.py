@@ -117,8 +117,11 @@ class DSE(nn.Module):
         return out
 
     def factors(self, out: dict) -> tuple[Tensor, Tensor]:
-        """(static f_mean (B, f_dim), dynamic z_mean pooled over time (B, z_dim)): what the fusion head reads."""
-        return out["f_mean"], out["z_mean"].mean(1)
+        """(static f (B, f_dim), dynamic z pooled over time (B, z_dim)): what the fusion head reads.
+
+        Samples in training, means in eval mode: the task gradient then has to lift the means above the
+        posterior noise, which keeps the KL terms from collapsing the factors the head reads."""
+        return out["f"], out["z"].mean(1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,20 +181,33 @@ def dynamic_augment(x: Tensor, noise: float = 1.0, generator: torch.Generator | 
 
 def dse_loss(dse: DSE, x: Tensor, out: dict, cfg: DSELossConfig = DSELossConfig(),
              generator: torch.Generator | None = None, backend: str = "auto") -> tuple[Tensor, dict]:
-    """The DSE loss of one sequence batch x (B, T, D) with ``out = dse(x)``: (total, terms dict)."""
+    """The DSE loss of one sequence batch x (B, T, D) with ``out = dse(x)``: (total, terms dict).
+
+    recon = mean squared error; kl_f = sum over f dims of KL(q(f|x) || N(0, I)) / (T D), batch mean;
+    kl_z = sum over t and z dims of KL(q(z_t|x) || p(z_t|z_<t)) / (T D), batch mean; mi, nce_f, nce_z
+    as ``mws_mutual_information`` and symmetric InfoNCE at ``nce_tau`` between the (sampled; means
+    in eval mode) factors of x and of its static / dynamic augmentation.
+    """
+    # Scales: the public objective sums the reconstruction over frames and features and the KLs over
+    # latent dims; all three are divided here by the T x D input elements (same ratio, O(1) values).
+    B, T, D = x.shape
+    f_dim, z_dim = out["f_mean"].shape[-1], out["z_mean"].shape[-1]
     terms = {
         "recon": F.mse_loss(out["recon"], x),
-        "kl_f": kl_standard_normal(out["f_mean"], out["f_logvar"]),
-        "kl_z": gaussian_kl(out["z_mean"], out["z_logvar"], out["z_prior_mean"], out["z_prior_logvar"]),
+        "kl_f": kl_standard_normal(out["f_mean"], out["f_logvar"]) * f_dim / (T * D),
+        "kl_z": gaussian_kl(out["z_mean"], out["z_logvar"], out["z_prior_mean"], out["z_prior_logvar"]) * z_dim / D,
         "mi": mws_mutual_information(out["f"], out["f_mean"], out["f_logvar"], out["z"], out["z_mean"],
                                      out["z_logvar"], cfg.dataset_size),
     }
     zero = x.new_zeros(())
     if cfg.theta and x.shape[0] > 1:
-        f_aug = dse.encode(static_augment(x, generator))["f_mean"]
-        z_aug = dse.encode(dynamic_augment(x, cfg.augment_noise, generator))["z_mean"]
-        terms["nce_f"] = contrastive_loss(out["f_mean"], f_aug, tau=cfg.nce_tau, backend=backend)
-        terms["nce_z"] = contrastive_loss(out["z_mean"].flatten(1), z_aug.flatten(1), tau=cfg.nce_tau, backend=backend)
+        # on the sampled factors: when the KL terms shrink the means, unit-normalising a mean near 0
+        # would blow its gradient up
+        sa, da = dse.encode(static_augment(x, generator)), dse.encode(dynamic_augment(x, cfg.augment_noise, generator))
+        f_aug = _reparameterize(sa["f_mean"], sa["f_logvar"], dse.training)
+        z_aug = _reparameterize(da["z_mean"], da["z_logvar"], dse.training)
+        terms["nce_f"] = contrastive_loss(out["f"], f_aug, tau=cfg.nce_tau, backend=backend)
+        terms["nce_z"] = contrastive_loss(out["z"].flatten(1), z_aug.flatten(1), tau=cfg.nce_tau, backend=backend)
     else:
         terms["nce_f"] = terms["nce_z"] = zero
     total = (cfg.recon * terms["recon"] + cfg.alpha * terms["kl_f"] + cfg.beta * terms["kl_z"]
