@@ -151,9 +151,9 @@ class SyntheticPACS:
     related objects in the batch (CLM) denoises them. Sizes are kept small by default for CPU tests.
     """
 
-    def __init__(self, *, materials: int = 4, questions: int = 3, frames: int = 8, text_dim: int = 32,
+    def __init__(self, *, materials: int = 3, questions: int = 3, frames: int = 8, text_dim: int = 32,
                  video_dim: int = 32, audio_dim: int = 32, audio_frames: int = 4, static_cue: float = 0.1,
-                 audio_cue: float = 0.1, dynamic_cue: float = 2.0, object_noise: float = 1.0,
+                 audio_cue: float = 0.1, dynamic_cue: float = 2.0, object_noise: float = 1.5,
                  frame_noise: float = 0.3, seed: int = 0):
         if materials < 2 or questions < 1 or frames < 2:
             raise ValueError("SyntheticPACS: need >= 2 materials, >= 1 question, >= 2 frames")
