@@ -29,13 +29,14 @@ import torch
 
 from avfast.data.errors import DataError
 
-__all__ = ["PACS_SPLITS", "load_pacs", "SyntheticPACS", "write_pacs_layout"]
+__all__ = ["PACS_SPLITS", "load_pacs", "pacs_split_file", "SyntheticPACS", "write_pacs_layout"]
 
 PACS_SPLITS = ("train", "val", "test")
 _REQUIRED = ("obj1", "obj2", "label")
 
 
-def _split_file(root: Path, split: str, subset: str) -> Path:
+def pacs_split_file(root: Path, split: str, subset: str) -> Path:
+    """The json of ``split`` (train | val | test) in ``subset`` (pacs | material) under ``root``."""
     if split not in PACS_SPLITS:
         raise ValueError(f"PACS split must be one of {PACS_SPLITS} ({split!r} given)")
     if subset not in ("pacs", "material"):
@@ -97,7 +98,7 @@ def load_pacs(root, split: str = "train", subset: str = "pacs") -> dict:
     ``ids`` (item ids). Every object must have the same feature shapes; a mismatch names the item.
     """
     root = Path(root)
-    path = _split_file(root, split, subset)
+    path = pacs_split_file(root, split, subset)
     items = _items(path)
     if not items:
         raise DataError(path, "no items")

@@ -44,7 +44,8 @@ class ASTConfig:
         if self.dim % self.heads:
             raise ValueError(f"ASTConfig: dim ({self.dim}) must be divisible by heads ({self.heads})")
         if min(self.n_mels, self.frames) < self.patch_size:
-            raise ValueError(f"ASTConfig: input {self.n_mels} x {self.frames} is smaller than a patch ({self.patch_size})")
+            raise ValueError(f"ASTConfig: input {self.n_mels} x {self.frames} is smaller than a patch "
+                             f"({self.patch_size})")
         if min(self.fstride, self.tstride, self.depth) < 1 or self.classes < 0:
             raise ValueError("ASTConfig: strides and depth must be >= 1, classes >= 0")
 

@@ -355,7 +355,8 @@ class DCLModel(nn.Module):
                                  f"{getattr(self.config, f'{m}_dim')}")
             if m in self.dse:
                 if x.dim() != 3:
-                    raise ValueError(f"DCLModel: dse on {m} needs {m}{which} as a sequence (B, T, D), got {tuple(x.shape)}")
+                    raise ValueError(f"DCLModel: dse on {m} needs {m}{which} as a sequence (B, T, D), "
+                                     f"got {tuple(x.shape)}")
                 outs[m] = self.dse[m](x)
                 f, z = self.dse[m].factors(outs[m])
                 parts.append(torch.cat([f, z], -1))

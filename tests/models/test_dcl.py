@@ -89,7 +89,8 @@ def test_dse_loss_terms_equal_their_formulas_and_weights():
     cfg = DSELossConfig(recon=0.5, alpha=10, beta=7, gamma=2, theta=3, nce_tau=0.5, augment_noise=0.7)
     total, terms = dse_loss(dse, x, out, cfg, torch.Generator().manual_seed(3), backend="torch")
     torch.testing.assert_close(terms["recon"], ((out["recon"] - x) ** 2).mean())
-    kl_f = kl_divergence(Normal(out["f_mean"], (0.5 * out["f_logvar"]).exp()), Normal(0.0, 1.0)).sum(-1).mean() / (4 * 5)
+    q_f = Normal(out["f_mean"], (0.5 * out["f_logvar"]).exp())
+    kl_f = kl_divergence(q_f, Normal(0.0, 1.0)).sum(-1).mean() / (4 * 5)
     torch.testing.assert_close(terms["kl_f"], kl_f)
     kl_z = kl_divergence(Normal(out["z_mean"], (0.5 * out["z_logvar"]).exp()),
                          Normal(out["z_prior_mean"], (0.5 * out["z_prior_logvar"]).exp())).sum((1, 2)).mean() / (4 * 5)
@@ -177,8 +178,8 @@ def test_dcl_objective_total_is_the_sum_of_its_parts():
     loss, logs = dcl_objective(model, batch, cfg, torch.Generator().manual_seed(0))
     # the second object's augmentations continue the generator: recompute the whole sum with one generator
     g = torch.Generator().manual_seed(0)
-    parts = [dse_loss(model.dse["video"], batch[f"video{w}"], model.dse["video"](batch[f"video{w}"]), cfg, g, "torch")[0]
-             for w in (1, 2)]
+    dse = model.dse["video"]
+    parts = [dse_loss(dse, batch[f"video{w}"], dse(batch[f"video{w}"]), cfg, g, "torch")[0] for w in (1, 2)]
     want = logs["task"] + 0.5 * logs["counterfactual"] + 2.0 * (parts[0] + parts[1])
     torch.testing.assert_close(loss.detach(), want.detach(), rtol=1e-5, atol=1e-5)
     assert 0.0 <= float(logs["acc"]) <= 1.0

@@ -72,9 +72,9 @@ def pacs_split(cfg, split: str, subset: str = "pacs") -> dict | None:
     """The split's tensors (``load_pacs`` or synthetic); None when a real layout lacks the subset."""
     d, m = cfg.data, cfg.model
     if d.root:
-        from avfast.data.pacs import _split_file, load_pacs
+        from avfast.data.pacs import pacs_split_file, load_pacs
 
-        if subset != "pacs" and not _split_file(Path(d.root), split, subset).exists():
+        if subset != "pacs" and not pacs_split_file(Path(d.root), split, subset).exists():
             return None
         return load_pacs(d.root, split, subset)
     if subset != "pacs":
@@ -164,8 +164,10 @@ def run_seeds(config: str | None, out: str, seeds: int = 5, ks: list[int] | None
             row.update(material_acc=material, material_mean=statistics.fmean(material),
                        material_std=statistics.stdev(material) if seeds > 1 else 0.0)
         summary[label] = row
-        log(f"{label}: PACS acc {100 * row['mean']:.1f} ± {100 * row['std']:.1f} over {seeds} seeds"
-            + (f"; PACS-material {100 * row['material_mean']:.1f} ± {100 * row['material_std']:.1f}" if material else ""))
+        line = f"{label}: PACS acc {100 * row['mean']:.1f} ± {100 * row['std']:.1f} over {seeds} seeds"
+        if material:
+            line += f"; PACS-material {100 * row['material_mean']:.1f} ± {100 * row['material_std']:.1f}"
+        log(line)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "seeds.json").write_text(json.dumps(summary, indent=2))
     return summary
