@@ -12,6 +12,7 @@ one run per seed (and per k) and prints mean ± std of the test accuracies.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import statistics
 from pathlib import Path
@@ -69,23 +70,35 @@ def _build_objective(cfg, model):
 
 
 def pacs_split(cfg, split: str, subset: str = "pacs") -> dict | None:
-    """The split's tensors (``load_pacs`` or synthetic); None when a real layout lacks the subset."""
+    """The split's tensors (``load_pacs`` or synthetic); None when a real layout lacks the subset.
+
+    Cached per (source, split, subset), so evaluating every epoch reads the feature files once."""
     d, m = cfg.data, cfg.model
     if d.root:
-        from avfast.data.pacs import pacs_split_file, load_pacs
-
-        if subset != "pacs" and not pacs_split_file(Path(d.root), split, subset).exists():
-            return None
-        return load_pacs(d.root, split, subset)
+        return _real_split(str(Path(d.root).resolve()), split, subset)
     if subset != "pacs":
         return None
+    n = d.synthetic_train if split == "train" else d.synthetic_eval
+    return _synthetic_split(d.synthetic_materials, d.synthetic_frames, d.synthetic_audio_frames, m.text_dim,
+                            m.video_dim, m.audio_dim, cfg.train.seed, split, n)
+
+
+@functools.lru_cache(maxsize=8)
+def _real_split(root: str, split: str, subset: str) -> dict | None:
+    from avfast.data.pacs import load_pacs, pacs_split_file
+
+    if subset != "pacs" and not pacs_split_file(Path(root), split, subset).exists():
+        return None
+    return load_pacs(root, split, subset)
+
+
+@functools.lru_cache(maxsize=8)
+def _synthetic_split(materials, frames, audio_frames, text_dim, video_dim, audio_dim, seed, split, n) -> dict:
     from avfast.data.pacs import SyntheticPACS
 
-    gen = SyntheticPACS(materials=d.synthetic_materials, frames=d.synthetic_frames, text_dim=m.text_dim,
-                        video_dim=m.video_dim, audio_dim=m.audio_dim, audio_frames=d.synthetic_audio_frames,
-                        seed=cfg.train.seed)
-    n = d.synthetic_train if split == "train" else d.synthetic_eval
-    out = gen.tensors(n, seed=cfg.train.seed * 10 + SPLIT_SEEDS[split])
+    gen = SyntheticPACS(materials=materials, frames=frames, text_dim=text_dim, video_dim=video_dim,
+                        audio_dim=audio_dim, audio_frames=audio_frames, seed=seed)
+    out = gen.tensors(n, seed=seed * 10 + SPLIT_SEEDS[split])
     out["materials"] = gen.material_names
     return out
 
