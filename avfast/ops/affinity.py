@@ -275,8 +275,9 @@ def _cpp_check(*tensors, k=1, **_):
 @register_backend("affinity_topk", "cpp", priority=20, devices=("cpu",),
                   dtypes=(torch.float32, torch.float16, torch.bfloat16), autograd=True,
                   available=cpp_op("affinity_topk_cpu"), check=_cpp_check,
-                  description="blocked GEMM (at::mm on 512 x 1024 blocks) + per-row running top-k (AVX-512 filter, "
-                              "nth_element buffer), parallel over row blocks; optional bf16 search + fp32 re-rank")
+                  description="blocked GEMM (at::mm on 256 x 1024 blocks) + per-row running top-k (AVX-512 filter, "
+                              "nth_element buffer), parallel over row blocks, and over column ranges merged "
+                              "per row when queries are few; optional bf16 search + fp32 re-rank")
 def _affinity_cpp(x, y, k, metric, exclude_self, compute_dtype):
     a, b, bias = scoring_operands(x, y, metric)
     empty = a.new_empty(0)
