@@ -14,6 +14,33 @@ import tempfile
 from pathlib import Path
 
 
+def environment() -> dict:
+    """What every saved benchmark row carries: versions, device, threads, UTC date and git commit."""
+    import datetime
+    import platform
+
+    import torch
+
+    import avfast
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    cuda = torch.cuda.is_available()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit,
+        "avfast": getattr(avfast, "__version__", None),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name() if cuda else (platform.processor() or platform.machine()),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def benchmarks_dir() -> Path:
     """``benchmarks/`` of the source checkout avfast runs from (editable install or PYTHONPATH)."""
     root = Path(__file__).resolve().parent.parent

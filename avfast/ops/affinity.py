@@ -369,6 +369,8 @@ def _validate(x, y, k, tau, metric, exclude_self, weights, values, compute_dtype
     if exclude_self and y.shape != x.shape:
         raise ValueError(f"affinity_topk: exclude_self needs y=None or y of x's shape {tuple(x.shape)} "
                          f"(column i is row i's self), got y {tuple(y.shape)}")
+    if y.shape[-2] == 0:
+        raise ValueError(f"affinity_topk: y has no rows (N=0, y {tuple(y.shape)}): nothing to search")
     n = y.shape[-2] - int(exclude_self)
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= min(n, MAX_K):
         extra = " minus the excluded self" if exclude_self else ""
@@ -416,7 +418,7 @@ def affinity_topk(x: torch.Tensor, y: torch.Tensor | None = None, k: int = 5, *,
         values (..., B, k) in x's dtype, best first; indices (..., B, k) int64 into y's rows;
         with ``aggregate``, aggregated (..., B, Dv) in values' dtype.
 
-    Ties go to the lower index. NaN/inf in x or y raise ValueError (under torch.compile the check is
+    B = 0 gives empty results; N = 0 raises ValueError. Ties go to the lower index. NaN/inf in x or y raise ValueError (under torch.compile the check is
     skipped: NaN scores then rank below every number). Equivalent code (B x N memory)::
 
         S = F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T   # cosine
