@@ -83,3 +83,11 @@ def test_disabled_and_track_total():
 def test_track_empty_and_single(n):
     stream = io.StringIO()
     assert list(track(range(n), desc="d", stream=stream, log_every=0.0)) == list(range(n))
+
+
+def test_make_demo_data_reports_progress(tmp_path, capsys):
+    from avfast.data.synthetic import make_demo_data
+
+    make_demo_data(tmp_path, num_movies=2, shots_per_movie=1, width=32, height=24, fps=5, sample_rate=8000,
+                   voice="synthetic", languages=("en", "es"), progress=True)
+    assert "make-demo-data: 2/2" in capsys.readouterr().err   # pytest's stderr is not a terminal: log lines
