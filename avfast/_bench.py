@@ -90,8 +90,9 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(ops: list[str], *, quick: bool = False, json_path: str | None = None) -> int:
-    """Run ``benchmarks/bench_<op>.py`` (all when ``ops`` is empty) and print the ratio table."""
+def run(ops: list[str], *, quick: bool = False, json_path: str | None = None, plot_dir: str | None = None) -> int:
+    """Run ``benchmarks/bench_<op>.py`` (all when ``ops`` is empty), print the ratio table and, with
+    ``plot_dir``, draw each group's bars there (``avfast.plot.plot_bench``)."""
     bdir = benchmarks_dir()
     files = [bdir / f"bench_{op}.py" for op in ops] if ops else sorted(bdir.glob("bench_*.py"))
     missing = [str(f) for f in files if not f.exists()]
@@ -111,5 +112,11 @@ def run(ops: list[str], *, quick: bool = False, json_path: str | None = None) ->
         code = subprocess.call(cmd, env=env, cwd=bdir.parent)
         if os.path.exists(out):
             with open(out) as f:
-                print(format_table(ratio_rows(json.load(f))))
+                rows = ratio_rows(json.load(f))
+            print(format_table(rows))
+            if plot_dir:
+                from avfast.plot import plot_bench
+
+                for path in plot_bench(rows, plot_dir):
+                    print(f"wrote {path}")
     return code
