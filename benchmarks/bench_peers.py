@@ -103,8 +103,8 @@ def test_topk_approximate(benchmark, provider):
         idx = run(benchmark, lambda: affinity_topk(x, y, K, metric="dot", compute_dtype=torch.bfloat16, backend="cpp"),
                   group=TOPK_APPROX, provider=provider, items=B_TOPK, unit="queries")[1].numpy()
     recall = float((idx[:, :, None] == exact[:, None, :]).any(-1).mean())
-    benchmark.extra_info["recall"] = recall
-    assert recall > 0.8, f"{provider} recall@{K} {recall:.3f}"
+    benchmark.extra_info["recall"] = recall   # HNSW's recall is the peer's trade-off: recorded, not asserted
+    assert provider.startswith("faiss") or recall > 0.9, f"{provider} recall@{K} {recall:.3f}"
 
 
 # InfoNCE -----------------------------------------------------------------------------------------
