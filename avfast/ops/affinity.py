@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from avfast._backend import FLOAT_DTYPES, cpp_op, cuda_op, register_backend, select, triton_backend
+from avfast.ops._finite import first_nonfinite_row
 
 __all__ = ["affinity_topk", "affinity_topk_reference"]
 
@@ -383,9 +384,8 @@ def _validate(x, y, k, tau, metric, exclude_self, weights, values, compute_dtype
         raise ValueError(f"affinity_topk: compute_dtype must be None or torch.bfloat16, got {compute_dtype!r}")
     if not torch.compiler.is_compiling():
         for name, t in (("x", x), ("y", y)):
-            bad = ~torch.isfinite(t).all(-1)
-            if bad.any():
-                where = tuple(bad.nonzero()[0].tolist())
+            where = first_nonfinite_row(t)
+            if where is not None:
                 raise ValueError(f"affinity_topk: {name} has NaN or inf (first in row {where}); "
                                  "under torch.compile this check is skipped and NaN scores rank last")
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from avfast._backend import cpp_op, register_backend, select, triton_backend
 from avfast.ops import _contrastive_chunked as chunked
 from avfast.ops._contrastive_chunked import PairIds
+from avfast.ops._finite import first_nonfinite_row
 
 __all__ = ["contrastive_loss", "contrastive_loss_reference"]
 
@@ -238,9 +239,9 @@ def _validate(a, b, tau, logit_scale, source_ids, source_weight, positive_ids, l
         raise ValueError(f"contrastive_loss: a and b on different devices ({a.device}, {b.device})")
     if not torch.compiler.is_compiling():
         for name, t in (("a", a), ("b", b)):
-            bad = ~torch.isfinite(t).all(-1)
-            if bad.any():
-                raise ValueError(f"contrastive_loss: {name} has NaN or inf (first in row {int(bad.nonzero()[0, 0])}); "
+            where = first_nonfinite_row(t)
+            if where is not None:
+                raise ValueError(f"contrastive_loss: {name} has NaN or inf (first in row {where[0]}); "
                                  "under torch.compile this check is skipped")
     for name, ids in (("source_ids", source_ids), ("positive_ids", positive_ids)):
         if ids is None:
