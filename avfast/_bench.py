@@ -14,6 +14,19 @@ import tempfile
 from pathlib import Path
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
     """What every saved benchmark row carries: versions, device, threads, UTC date and git commit."""
     import datetime
@@ -35,7 +48,7 @@ def environment() -> dict:
         "avfast": getattr(avfast, "__version__", None),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": torch.cuda.get_device_name() if cuda else (platform.processor() or platform.machine()),
+        "device": torch.cuda.get_device_name() if cuda else _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
