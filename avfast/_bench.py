@@ -14,6 +14,46 @@ import tempfile
 from pathlib import Path
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    """What every saved benchmark row carries: versions, device, threads, UTC date and git commit."""
+    import datetime
+    import platform
+
+    import torch
+
+    import avfast
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    cuda = torch.cuda.is_available()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit,
+        "avfast": getattr(avfast, "__version__", None),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name() if cuda else _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def benchmarks_dir() -> Path:
     """``benchmarks/`` of the source checkout avfast runs from (editable install or PYTHONPATH)."""
     root = Path(__file__).resolve().parent.parent
@@ -63,8 +103,9 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(ops: list[str], *, quick: bool = False, json_path: str | None = None) -> int:
-    """Run ``benchmarks/bench_<op>.py`` (all when ``ops`` is empty) and print the ratio table."""
+def run(ops: list[str], *, quick: bool = False, json_path: str | None = None, plot_dir: str | None = None) -> int:
+    """Run ``benchmarks/bench_<op>.py`` (all when ``ops`` is empty), print the ratio table and, with
+    ``plot_dir``, draw each group's bars there (``avfast.plot.plot_bench``)."""
     bdir = benchmarks_dir()
     files = [bdir / f"bench_{op}.py" for op in ops] if ops else sorted(bdir.glob("bench_*.py"))
     missing = [str(f) for f in files if not f.exists()]
@@ -84,5 +125,11 @@ def run(ops: list[str], *, quick: bool = False, json_path: str | None = None) ->
         code = subprocess.call(cmd, env=env, cwd=bdir.parent)
         if os.path.exists(out):
             with open(out) as f:
-                print(format_table(ratio_rows(json.load(f))))
+                rows = ratio_rows(json.load(f))
+            print(format_table(rows))
+            if plot_dir:
+                from avfast.plot import plot_bench
+
+                for path in plot_bench(rows, plot_dir):
+                    print(f"wrote {path}")
     return code

@@ -1,4 +1,4 @@
-"""The ``avfast`` command line: ``avfast info | bench | make-demo-data | pretrain | eval | dub``.
+"""The ``avfast`` command line: ``avfast info | bench | plot | make-demo-data | pretrain | eval | dub``.
 
 Subcommands live in the modules listed in ``_COMMANDS`` and in the model families' modules
 (``avfast/train/families/*.py``, found by scanning); each defines ``add_parser(subparsers)`` that
@@ -71,7 +71,20 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from avfast import _bench
 
-    return _bench.run(args.ops, quick=args.quick, json_path=args.json)
+    return _bench.run(args.ops, quick=args.quick, json_path=args.json, plot_dir=args.plot)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from avfast.plot import plot_run
+
+    try:
+        written = plot_run(args.run_dir, out_dir=args.out)
+    except FileNotFoundError as exc:
+        print(f"avfast plot: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -81,7 +94,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("ops", nargs="*", help="benchmark files to run, e.g. mel affinity (default: all)")
     p.add_argument("--quick", action="store_true", help="few rounds, small sizes (a smoke run)")
     p.add_argument("--json", default=None, help="also keep pytest-benchmark's JSON here")
+    p.add_argument("--plot", default=None, metavar="DIR", help="also draw each group's bars as PNG into DIR "
+                   "(needs matplotlib: pip install 'avfast[plot]')")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("plot", help="redraw a training run's loss / lr / R@k curves (PNG) from its metrics.jsonl")
+    p.add_argument("run_dir", help="the run's --out directory (holds metrics.jsonl)")
+    p.add_argument("--out", default=None, help="write the PNGs here instead of next to metrics.jsonl")
+    p.set_defaults(func=cmd_plot)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,8 @@
 // exclude_self column i is skipped for row i. candidates == 0: exact search (a, b float32).
 // candidates > 0: a, b are bfloat16; the best `candidates` by the bf16 scores are re-scored in float32
 // with a_exact, b_exact (+ bias) and the best k of them returned.
+// Work: row blocks of <= 256 queries; when there are fewer row blocks than threads (few queries, a big
+// gallery) each block's columns are split across threads and the per-split top lists merged.
 // Memory: per task a rows x cols score block and rows x cap heap entries; nothing of size B x N.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -25,7 +27,7 @@
 
 namespace {
 
-constexpr int64_t kMaxRowsPerTask = 512;  // measured: 512 x 1024 blocks beat 128 x 1024 by ~15 %
+constexpr int64_t kMaxRowsPerTask = 256;  // a 256 x 1024 fp32 score block (1 MiB) stays in a core's L2
 constexpr int64_t kColsPerBlock = 1024;
 constexpr int64_t kFilterWidth = 16;
 
@@ -190,6 +192,51 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bi
   TORCH_CHECK(k >= 1 && cap >= k, "affinity_topk_cpu: need 1 <= k <= candidates, got k=", k, " candidates=", candidates);
 }
 
+// Writes row r's best k of the `size` kept entries to out_v / out_i (re-scoring them exactly first when
+// candidates > 0: a_row and b_exact (N, D) are float32).
+void emit_row(Entry* e, int64_t size, int64_t k, const float* a_row, const float* b_exact, const float* bias_g,
+              int64_t D, float* out_v, int64_t* out_i) {
+  if (a_row) {
+    for (int64_t c = 0; c < size; ++c) {
+      const int64_t j = entry_index(e[c]);
+      if (c + 1 < size) {  // the candidates' rows are scattered through b: fetch the next one early
+        const char* next = reinterpret_cast<const char*>(b_exact + entry_index(e[c + 1]) * D);
+        for (int64_t line = 0; line < D * 4; line += 64) __builtin_prefetch(next + line);
+      }
+      e[c] = make_entry(dot(a_row, b_exact + j * D, D) + (bias_g ? bias_g[j] : 0.f), j);
+    }
+  }
+  std::partial_sort(e, e + k, e + size, std::greater<Entry>());
+  for (int64_t t = 0; t < k; ++t) {
+    out_v[t] = entry_value(e[t]);
+    out_i[t] = entry_index(e[t]);
+  }
+}
+
+// How the (G, B) x N work is cut: row blocks of `rows` queries, and each row block's columns into
+// `splits` ranges of `span` columns scanned by different threads (merged afterwards), so that a few
+// queries against a large gallery still keep every thread busy and read each gallery row once.
+struct Plan {
+  int64_t rows, row_tasks, splits, span;
+};
+
+Plan make_plan(int64_t G, int64_t B, int64_t N, int64_t threads) {
+  Plan p{};
+  p.row_tasks = (B + kMaxRowsPerTask - 1) / kMaxRowsPerTask;
+  if (G * p.row_tasks >= threads) {  // enough row blocks: a multiple of the thread count, of even size
+    const int64_t total = (G * p.row_tasks + threads - 1) / threads * threads;
+    p.row_tasks = std::min(B, (total + G - 1) / G);
+    p.splits = 1;
+  } else {
+    p.splits = std::min((threads + G * p.row_tasks - 1) / (G * p.row_tasks), std::max<int64_t>(1, N / kColsPerBlock));
+  }
+  p.rows = (B + p.row_tasks - 1) / p.row_tasks;
+  p.row_tasks = (B + p.rows - 1) / p.rows;
+  p.span = (N + p.splits - 1) / p.splits;
+  p.splits = (N + p.span - 1) / p.span;
+  return p;
+}
+
 std::tuple<at::Tensor, at::Tensor> affinity_topk_cpu(const at::Tensor& a_in, const at::Tensor& b_in,
                                                      const at::Tensor& a_exact_in, const at::Tensor& b_exact_in,
                                                      const at::Tensor& bias_in, int64_t k, int64_t candidates,
@@ -199,6 +246,9 @@ std::tuple<at::Tensor, at::Tensor> affinity_topk_cpu(const at::Tensor& a_in, con
   const at::Tensor a = a_in.detach().contiguous(), b = b_in.detach().contiguous(), bias = bias_in.contiguous();
   const int64_t G = a.size(0), B = a.size(1), N = b.size(1), D = a.size(2);
   const int64_t cap = candidates > 0 ? candidates : k;
+  auto values = at::empty({G, B, k}, a.options().dtype(at::kFloat));
+  auto indices = at::empty({G, B, k}, a.options().dtype(at::kLong));
+  if (G * B == 0) return {values, indices};
   TORCH_CHECK(cap <= N - (exclude_self ? 1 : 0), "affinity_topk_cpu: ", cap, " entries per row requested from N=", N,
               exclude_self ? " columns minus self" : " columns");
   TORCH_CHECK(!exclude_self || N >= B, "affinity_topk_cpu: exclude_self needs N >= B");
@@ -210,26 +260,28 @@ std::tuple<at::Tensor, at::Tensor> affinity_topk_cpu(const at::Tensor& a_in, con
     TORCH_CHECK(a_exact.scalar_type() == at::kFloat && a_exact.sizes() == a.sizes() && b_exact.sizes() == b.sizes(),
                 "affinity_topk_cpu: a_exact/b_exact must be float32 copies of a/b's shapes");
   }
-  auto values = at::empty({G, B, k}, a.options().dtype(at::kFloat));
-  auto indices = at::empty({G, B, k}, a.options().dtype(at::kLong));
-  if (B == 0) return {values, indices};
-  // Big row blocks amortize each at::mm call; at least two tasks per thread when B allows.
-  const int64_t threads = at::get_num_threads();
-  const int64_t rows_per_task = std::clamp<int64_t>((B + 2 * threads - 1) / (2 * threads), 16, kMaxRowsPerTask);
-  const int64_t row_tasks = (B + rows_per_task - 1) / rows_per_task;
+  const Plan plan = make_plan(G, B, N, at::get_num_threads());
   const float* bias_p = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  const float* a_exact_p = candidates > 0 ? a_exact.data_ptr<float>() : nullptr;
+  const float* b_exact_p = candidates > 0 ? b_exact.data_ptr<float>() : nullptr;
+  float* values_p = values.data_ptr<float>();
+  int64_t* indices_p = indices.data_ptr<int64_t>();
+  // With splits > 1 every (row, split) leaves its best `cap` here; 0 ranks below every real entry.
+  std::vector<Entry> partial(plan.splits > 1 ? G * B * plan.splits * cap : 0, Entry(0));
 
-  at::parallel_for(0, G * row_tasks, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor block = at::empty({rows_per_task * kColsPerBlock}, a.options());
-    std::vector<Entry> entries(rows_per_task * 2 * cap);
+  at::parallel_for(0, G * plan.row_tasks * plan.splits, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor block = at::empty({plan.rows * kColsPerBlock}, a.options());
+    std::vector<Entry> entries(plan.rows * 2 * cap);
     std::vector<RunningTopK> heaps;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t g = task / row_tasks, r0 = (task % row_tasks) * rows_per_task, rows = std::min(rows_per_task, B - r0);
+      const int64_t split = task % plan.splits, rt = task / plan.splits;
+      const int64_t g = rt / plan.row_tasks, r0 = (rt % plan.row_tasks) * plan.rows, rows = std::min(plan.rows, B - r0);
+      const int64_t c_begin = split * plan.span, c_end = std::min(N, c_begin + plan.span);
       const at::Tensor a_rows = a[g].narrow(0, r0, rows);
       heaps.clear();
       for (int64_t r = 0; r < rows; ++r) heaps.push_back(RunningTopK{entries.data() + r * 2 * cap, cap});
-      for (int64_t c0 = 0; c0 < N; c0 += kColsPerBlock) {
-        const int64_t cols = std::min(kColsPerBlock, N - c0);
+      for (int64_t c0 = c_begin; c0 < c_end; c0 += kColsPerBlock) {
+        const int64_t cols = std::min(kColsPerBlock, c_end - c0);
         at::Tensor s = block.narrow(0, 0, rows * cols).view({rows, cols});
         at::mm_out(s, a_rows, b[g].narrow(0, c0, cols).t());
         const float* bias_c = bias_p ? bias_p + g * N + c0 : nullptr;
@@ -243,31 +295,30 @@ std::tuple<at::Tensor, at::Tensor> affinity_topk_cpu(const at::Tensor& a_in, con
               scan_row(s.data_ptr<c10::BFloat16>() + r * cols, bias_c, cols, c0, exclude_self ? r0 + r : -1, heaps[r]);
           }));
       }
-      float* out_v = values.data_ptr<float>() + (g * B + r0) * k;
-      int64_t* out_i = indices.data_ptr<int64_t>() + (g * B + r0) * k;
       for (int64_t r = 0; r < rows; ++r) {
         RunningTopK& heap = heaps[r];
         heap.finish();
-        if (candidates > 0) {  // re-score the candidates exactly, keep the best k
-          const float* ar = a_exact.data_ptr<float>() + (g * B + r0 + r) * D;
-          for (int64_t c = 0; c < heap.size; ++c) {
-            const int64_t j = entry_index(heap.e[c]);
-            if (c + 1 < heap.size) {  // the candidates' rows are scattered through b: fetch the next one early
-              const char* next = reinterpret_cast<const char*>(b_exact.data_ptr<float>() + (g * N + entry_index(heap.e[c + 1])) * D);
-              for (int64_t line = 0; line < D * 4; line += 64) __builtin_prefetch(next + line);
-            }
-            const float v = dot(ar, b_exact.data_ptr<float>() + (g * N + j) * D, D) + (bias_p ? bias_p[g * N + j] : 0.f);
-            heap.e[c] = make_entry(v, j);
-          }
-        }
-        std::partial_sort(heap.e, heap.e + k, heap.e + heap.size, std::greater<Entry>());
-        for (int64_t t = 0; t < k; ++t) {
-          out_v[r * k + t] = entry_value(heap.e[t]);
-          out_i[r * k + t] = entry_index(heap.e[t]);
+        const int64_t row = g * B + r0 + r;
+        if (plan.splits > 1) {
+          std::copy(heap.e, heap.e + heap.size, partial.data() + (row * plan.splits + split) * cap);
+        } else {
+          emit_row(heap.e, heap.size, k, a_exact_p ? a_exact_p + row * D : nullptr, b_exact_p ? b_exact_p + g * N * D : nullptr,
+                   bias_p ? bias_p + g * N : nullptr, D, values_p + row * k, indices_p + row * k);
         }
       }
     }
   });
+  if (plan.splits > 1) {  // merge each row's per-split lists: the best cap of splits x cap entries
+    at::parallel_for(0, G * B, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        Entry* e = partial.data() + row * plan.splits * cap;
+        std::nth_element(e, e + cap - 1, e + plan.splits * cap, std::greater<Entry>());
+        const int64_t g = row / B;
+        emit_row(e, cap, k, a_exact_p ? a_exact_p + row * D : nullptr, b_exact_p ? b_exact_p + g * N * D : nullptr,
+                 bias_p ? bias_p + g * N : nullptr, D, values_p + row * k, indices_p + row * k);
+      }
+    });
+  }
   return {values, indices};
 }
 

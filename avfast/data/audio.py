@@ -7,6 +7,7 @@ interval by timestamps, so ``load_audio(p, sr, start, d)`` covers the same inter
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -55,10 +56,10 @@ def _pick_stream(container, path: str, track):
     streams = list(container.streams.audio)
     if not streams:
         raise DataError(path, "no audio stream")
+    if any(s.codec_context is None for s in (streams if track is not None else streams[:1])):
+        raise DataError(path, "unsupported audio codec (this FFmpeg build has no decoder for a stream)")
     if track is None:
         return streams[0]
-    if any(s.codec_context is None for s in streams):
-        raise DataError(path, "unsupported audio codec (this FFmpeg build has no decoder for a stream)")
     if isinstance(track, (int, np.integer)):
         if not 0 <= track < len(streams):
             raise DataError(path, f"audio track {track} requested but the file has {len(streams)} audio stream(s)")
@@ -97,12 +98,12 @@ def load_audio(path, sample_rate: int, start: float = 0.0, duration: float | Non
     import av
 
     path = os.fspath(path)
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be > 0 ({sample_rate} given)")
+    if not isinstance(sample_rate, (int, np.integer)) or isinstance(sample_rate, bool) or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be an int > 0 ({sample_rate!r} given)")
     if channels not in (None, 1, 2):
         raise ValueError(f"channels must be None, 1 or 2 ({channels} given)")
-    if start < 0 or (duration is not None and duration <= 0):
-        raise ValueError(f"need start >= 0 and duration > 0 ({start}, {duration} given)")
+    if not (start >= 0 and math.isfinite(start)) or (duration is not None and not (duration > 0 and math.isfinite(duration))):
+        raise ValueError(f"need start >= 0 and duration > 0, both finite ({start}, {duration} given)")
     with open_media(path, "audio") as container:
         stream = _pick_stream(container, path, track)
         src_channels = stream.codec_context.channels or 1

@@ -12,7 +12,8 @@ def cmd_make_demo_data(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     manifest = make_demo_data(args.out, num_movies=args.movies, shots_per_movie=args.shots, width=args.width,
                               height=args.height, fps=args.fps, sample_rate=args.sample_rate,
-                              languages=tuple(args.languages.split(",")), voice=args.voice, seed=args.seed)
+                              languages=tuple(args.languages.split(",")), voice=args.voice, seed=args.seed,
+                              progress=True)
     lines = sum(1 for _ in open(manifest, encoding="utf-8"))
     print(f"wrote {lines} clips from {args.movies} movies to {manifest} in {time.perf_counter() - t0:.1f} s")
     return 0
@@ -22,7 +23,7 @@ def cmd_shots(args: argparse.Namespace) -> int:
     from avfast.data.shots import build_manifest
 
     clips = build_manifest(args.videos, args.out, min_len=args.min_len, max_len=args.max_len, method=args.method,
-                           threshold=args.threshold)
+                           threshold=args.threshold, progress=True)
     print(f"wrote {len(clips)} shots ({args.min_len}-{args.max_len} s) from {len(args.videos)} video(s) to {args.out}")
     return 0
 
@@ -37,7 +38,7 @@ def cmd_dub(args: argparse.Namespace) -> int:
                            sample_rate=args.sample_rate, max_speedup=args.max_speedup)
         track = int(args.track) if args.track and args.track.isdigit() else args.track
         wave, report = pipe.run(args.input, transcript=args.subs, translation=args.target_subs,
-                                source_language=args.source_language, track=track)
+                                source_language=args.source_language, track=track, progress=True)
     except (DataError, ImportError, RuntimeError, ValueError) as exc:
         print(f"avfast dub: {exc}", file=sys.stderr)
         return 1

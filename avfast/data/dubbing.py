@@ -301,18 +301,20 @@ class DubPipeline:
         return _plugin("separator", self.background)(original, self.sample_rate)
 
     def run(self, media, *, transcript=None, translation=None, source_language: str | None = None, track=None,
-            channels: int | None = 1) -> tuple[torch.Tensor, dict]:
+            channels: int | None = 1, progress: bool = False) -> tuple[torch.Tensor, dict]:
         """The dubbed track of ``media`` as float (C, N) and a report ``{"lines", "sped_up", "cut"}``.
 
         ``transcript``/``translation``: subtitle paths or lists of ``Cue``; ``track``: the source
-        audio track (index or language) of ``media``.
+        audio track (index or language) of ``media``; ``progress``: a bar / log lines over the cues.
         """
+        from avfast.train.progress import track as progress_track
+
         original = load_audio(media, self.sample_rate, track=track, channels=channels).numpy()
         source_language = source_language or (track if isinstance(track, str) else "en")
         cues = self._target_cues(original, source_language, transcript, translation)
         speech = np.zeros(original.shape[1], np.float32)
         sped, cut = 0, 0
-        for c in cues:
+        for c in progress_track(cues, desc="dub", unit="line", enabled=progress):
             a = int(c.start * self.sample_rate)
             slot = min(int(c.end * self.sample_rate), len(speech)) - a
             if slot <= 0:

@@ -79,7 +79,8 @@ def keep_shots(shots: Iterable[tuple[float, float]], min_len: float = 3.0, max_l
     return [(a, b) for a, b in shots if min_len - 1e-6 <= b - a <= max_len + 1e-6]
 
 
-def build_manifest(videos: Sequence, out, *, min_len: float = 3.0, max_len: float = 12.0, **detect_kwargs):
+def build_manifest(videos: Sequence, out, *, min_len: float = 3.0, max_len: float = 12.0, progress: bool = False,
+                   **detect_kwargs):
     """Detect shots in each video and write one manifest line per kept shot; returns the clips.
 
     ``videos`` items are paths (audio: the file's own streams, by language tag, else ``track<i>``;
@@ -87,9 +88,10 @@ def build_manifest(videos: Sequence, out, *, min_len: float = 3.0, max_len: floa
     ``separated``.
     """
     from avfast.data.audio import audio_tracks
+    from avfast.train.progress import track
 
     clips = []
-    for item in videos:
+    for item in track(videos, desc="shots", unit="video", enabled=progress):
         spec = {"video": os.fspath(item)} if not isinstance(item, dict) else dict(item)
         video = os.path.abspath(spec["video"])  # the manifest may live elsewhere
         audio = spec.get("audio")

@@ -246,7 +246,7 @@ def _encode_audio(out, streams, tracks, lo, hi, sample_rate):
 def make_demo_data(out_dir, *, num_movies: int = 12, shots_per_movie: int = 4, shot_seconds=(3.2, 5.0),
                    width: int = 192, height: int = 144, fps: int = 25, sample_rate: int = 48000,
                    languages=("en", "es", "fr", "ja"), min_languages: int = 2, voice: str = "auto",
-                   embed_audio: bool = True, seed: int = 0) -> Path:
+                   embed_audio: bool = True, seed: int = 0, progress: bool = False) -> Path:
     """Write a demo dataset under ``out_dir`` and return the manifest's path.
 
     Args:
@@ -271,7 +271,9 @@ def make_demo_data(out_dir, *, num_movies: int = 12, shots_per_movie: int = 4, s
     (out_dir / "movies").mkdir(parents=True, exist_ok=True)
     clips: list[Clip] = []
     speech_cache: dict[tuple[str, int], np.ndarray] = {}
-    for m in range(num_movies):
+    from avfast.train.progress import track
+
+    for m in track(range(num_movies), desc="make-demo-data", unit="movie", enabled=progress):
         rng = np.random.default_rng([seed, m])
         langs = list(languages[: int(rng.integers(min_languages, len(languages) + 1))])
         name = f"m{m:03d}"

@@ -29,6 +29,11 @@ __all__ = ["clip_times", "PyAVVideoReader", "DaliVideoReader", "TorchCodecVideoR
 _EPS = 1e-4  # seconds; absorbs float error between target grids and stored timestamps
 
 
+def _check_fps(fps: float) -> None:
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"fps must be a finite number > 0 ({fps} given)")
+
+
 def clip_times(start: float, duration: float | None, num_frames: int | None, fps: float,
                sampling: str = "uniform") -> np.ndarray:
     """Target presentation times (seconds) of a clip's frames.
@@ -38,10 +43,11 @@ def clip_times(start: float, duration: float | None, num_frames: int | None, fps
     repeat when the grid is shorter); ``"contiguous"`` takes the first ``num_frames`` points
     (``duration`` may then be None). ``num_frames=None`` takes the whole grid.
     """
-    if fps <= 0:
-        raise ValueError(f"fps must be > 0 ({fps} given)")
+    _check_fps(fps)
     if sampling not in ("uniform", "contiguous"):
         raise ValueError(f"sampling must be 'uniform' or 'contiguous' ({sampling!r} given)")
+    if num_frames is not None and (not isinstance(num_frames, (int, np.integer)) or num_frames < 1):
+        raise ValueError(f"num_frames must be an int >= 1 or None ({num_frames!r} given)")
     if sampling == "contiguous" and num_frames is not None:
         return start + np.arange(num_frames) / fps
     if duration is None or duration <= 0:
@@ -49,8 +55,6 @@ def clip_times(start: float, duration: float | None, num_frames: int | None, fps
     n_grid = max(1, int(math.floor(duration * fps + 1e-6)))
     if num_frames is None:
         return start + np.arange(n_grid) / fps
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1 ({num_frames} given)")
     idx = np.linspace(0, n_grid - 1, num_frames).round().astype(np.int64)
     return start + idx / fps
 
@@ -101,8 +105,9 @@ def probe_video(path) -> dict:
 
 def _check_interval(path, start: float, duration: float | None, end: float | None, fps: float) -> float:
     """Validate ``start``/``duration`` against the stream end; return the duration to read."""
-    if start < 0:
-        raise ValueError(f"start must be >= 0 ({start} given)")
+    _check_fps(fps)
+    if not (start >= 0 and math.isfinite(start)):
+        raise ValueError(f"start must be a finite number >= 0 ({start} given)")
     if end is not None and start >= end:
         raise DataError(path, f"clip starts at {start:.3f} s but the video ends at {end:.3f} s")
     if duration is None:

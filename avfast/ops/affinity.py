@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from avfast._backend import FLOAT_DTYPES, cpp_op, cuda_op, register_backend, select, triton_backend
+from avfast.ops._finite import first_nonfinite_row
 
 __all__ = ["affinity_topk", "affinity_topk_reference"]
 
@@ -275,8 +276,9 @@ def _cpp_check(*tensors, k=1, **_):
 @register_backend("affinity_topk", "cpp", priority=20, devices=("cpu",),
                   dtypes=(torch.float32, torch.float16, torch.bfloat16), autograd=True,
                   available=cpp_op("affinity_topk_cpu"), check=_cpp_check,
-                  description="blocked GEMM (at::mm on 512 x 1024 blocks) + per-row running top-k (AVX-512 filter, "
-                              "nth_element buffer), parallel over row blocks; optional bf16 search + fp32 re-rank")
+                  description="blocked GEMM (at::mm on 256 x 1024 blocks) + per-row running top-k (AVX-512 filter, "
+                              "nth_element buffer), parallel over row blocks, and over column ranges merged "
+                              "per row when queries are few; optional bf16 search + fp32 re-rank")
 def _affinity_cpp(x, y, k, metric, exclude_self, compute_dtype):
     a, b, bias = scoring_operands(x, y, metric)
     empty = a.new_empty(0)
@@ -368,6 +370,8 @@ def _validate(x, y, k, tau, metric, exclude_self, weights, values, compute_dtype
     if exclude_self and y.shape != x.shape:
         raise ValueError(f"affinity_topk: exclude_self needs y=None or y of x's shape {tuple(x.shape)} "
                          f"(column i is row i's self), got y {tuple(y.shape)}")
+    if y.shape[-2] == 0:
+        raise ValueError(f"affinity_topk: y has no rows (N=0, y {tuple(y.shape)}): nothing to search")
     n = y.shape[-2] - int(exclude_self)
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= min(n, MAX_K):
         extra = " minus the excluded self" if exclude_self else ""
@@ -380,9 +384,8 @@ def _validate(x, y, k, tau, metric, exclude_self, weights, values, compute_dtype
         raise ValueError(f"affinity_topk: compute_dtype must be None or torch.bfloat16, got {compute_dtype!r}")
     if not torch.compiler.is_compiling():
         for name, t in (("x", x), ("y", y)):
-            bad = ~torch.isfinite(t).all(-1)
-            if bad.any():
-                where = tuple(bad.nonzero()[0].tolist())
+            where = first_nonfinite_row(t)
+            if where is not None:
                 raise ValueError(f"affinity_topk: {name} has NaN or inf (first in row {where}); "
                                  "under torch.compile this check is skipped and NaN scores rank last")
 
@@ -415,7 +418,7 @@ def affinity_topk(x: torch.Tensor, y: torch.Tensor | None = None, k: int = 5, *,
         values (..., B, k) in x's dtype, best first; indices (..., B, k) int64 into y's rows;
         with ``aggregate``, aggregated (..., B, Dv) in values' dtype.
 
-    Ties go to the lower index. NaN/inf in x or y raise ValueError (under torch.compile the check is
+    B = 0 gives empty results; N = 0 raises ValueError. Ties go to the lower index. NaN/inf in x or y raise ValueError (under torch.compile the check is
     skipped: NaN scores then rank below every number). Equivalent code (B x N memory)::
 
         S = F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T   # cosine

@@ -475,6 +475,12 @@ def _validate(q, k, v, kv_lens, key_padding_mask, attn_bias, dropout_p):
         if kv_lens.shape != (b,) or kv_lens.dtype.is_floating_point or kv_lens.dtype == torch.bool:
             raise ValueError(f"cross_attention: kv_lens must be an integer tensor of shape ({b},), got "
                              f"{kv_lens.dtype} {tuple(kv_lens.shape)}")
+        if not torch.compiler.is_compiling() and kv_lens.device == q.device and kv_lens.numel():
+            bad = (kv_lens < 0) | (kv_lens > lk)
+            if bad.any():
+                i = int(bad.nonzero()[0, 0])
+                raise ValueError(f"cross_attention: kv_lens must lie in [0, Lk={lk}], got kv_lens[{i}]="
+                                 f"{int(kv_lens[i])} (under torch.compile this check is skipped)")
     if key_padding_mask is not None:
         if key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (b, lk):
             raise ValueError(f"cross_attention: key_padding_mask must be bool of shape ({b}, {lk}) (True = padding), "
@@ -514,8 +520,9 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, kv_len
         k, v: (B, Hkv, Lk, Dh) keys/values; ``Hq`` a multiple of ``Hkv`` (GQA/MQA: q head ``h`` uses
             kv head ``h // (Hq // Hkv)``). ``Dh`` <= 256 on the fused backends (512 on ``triton`` where
             the GPU's shared memory holds the tiles); any Lq, Lk >= 1.
-        kv_lens: (B,) integer valid key count per sample; keys at ``>= kv_lens[b]`` are ignored
-            (never read by the fused kernels, so they may hold garbage or NaN).
+        kv_lens: (B,) integer valid key count per sample in [0, Lk] (ValueError otherwise, checked
+            outside torch.compile); keys at ``>= kv_lens[b]`` are ignored (never read by the fused
+            kernels, so they may hold garbage or NaN).
         key_padding_mask: (B, Lk) bool, True = padding (as ``nn.MultiheadAttention``). Combined
             with ``kv_lens`` by OR.
         attn_bias: float, broadcastable to (B, Hq, Lq, Lk), added to the scaled scores (``-inf``
@@ -528,7 +535,7 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, kv_len
         backend: ``"auto"``, ``"torch"``, ``"sdpa"``, ``"xformers"`` or ``"triton"``.
 
     Returns:
-        (B, Hq, Lq, Dh) in q's dtype, or ``(out, weights)`` with ``return_weights``. Rows whose keys
+        (B, Hq, Lq, Dh) in q's dtype (empty for B = 0), or ``(out, weights)`` with ``return_weights``. Rows whose keys
         are all masked give zeros, with zero gradients. Under ``torch.autocast`` q, k, v are cast to
         the autocast dtype first (as SDPA); ``attn_bias`` keeps its dtype.
 
@@ -545,6 +552,9 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, kv_len
     _validate(q, k, v, kv_lens, key_padding_mask, attn_bias, dropout_p)
     b, hq, lq, dh = q.shape
     scale = float(dh ** -0.5 if scale is None else scale)
+    if b == 0:  # an empty shard: empty outputs, still attached to q, k, v for autograd
+        out = q * 0 + (k.sum() + v.sum()) * 0
+        return (out, q.new_zeros(0, hq, lq, k.shape[2])) if return_weights else out
     keep = _dropout_keep((b, hq, lq, k.shape[2]), dropout_p, generator, q.device) if dropout_p > 0 else None
     if return_weights:
         return cross_attention_reference(q, k, v, kv_lens=kv_lens, key_padding_mask=key_padding_mask,

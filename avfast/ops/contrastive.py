@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from avfast._backend import cpp_op, register_backend, select, triton_backend
 from avfast.ops import _contrastive_chunked as chunked
 from avfast.ops._contrastive_chunked import PairIds
+from avfast.ops._finite import first_nonfinite_row
 
 __all__ = ["contrastive_loss", "contrastive_loss_reference"]
 
@@ -235,10 +236,19 @@ def _validate(a, b, tau, logit_scale, source_ids, source_weight, positive_ids, l
     if a.shape != b.shape:
         raise ValueError(f"contrastive_loss: a and b must have the same shape (B, D), got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"contrastive_loss: empty input of shape {tuple(a.shape)}")
+    if a.shape[1] == 0:
+        raise ValueError(f"contrastive_loss: embeddings of dimension D=0 (shape {tuple(a.shape)})")
+    if a.shape[0] == 0 and gather != "none":
+        raise ValueError(f"contrastive_loss: an empty shard (B=0) cannot take part in gather={gather!r}; "
+                         "every rank needs the same batch size")
     if a.device != b.device:
         raise ValueError(f"contrastive_loss: a and b on different devices ({a.device}, {b.device})")
+    if not torch.compiler.is_compiling():
+        for name, t in (("a", a), ("b", b)):
+            where = first_nonfinite_row(t)
+            if where is not None:
+                raise ValueError(f"contrastive_loss: {name} has NaN or inf (first in row {where[0]}); "
+                                 "under torch.compile this check is skipped")
     for name, ids in (("source_ids", source_ids), ("positive_ids", positive_ids)):
         if ids is None:
             continue
@@ -348,10 +358,12 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, *, tau: float = 0.07, log
         max_logit_scale: upper clamp of ``exp(logit_scale)`` (CLIP: 100).
 
     Returns:
-        float32 scalar, or (B,) for ``reduction="none"`` (float64 for float64 inputs).
+        float32 scalar, or (B,) for ``reduction="none"`` (float64 for float64 inputs). An empty batch
+        (B = 0, e.g. an empty evaluation shard) gives 0 (``(0,)`` for ``"none"``).
 
     Raises:
-        ValueError / TypeError: shapes, id lengths, dtypes or options that do not fit, naming them.
+        ValueError / TypeError: shapes, id lengths, dtypes or options that do not fit, naming them;
+            NaN/inf in a or b, naming the first bad row (skipped under torch.compile).
         BackendError: an explicitly requested backend cannot serve the call.
     """
     _validate(a, b, tau, logit_scale, source_ids, source_weight, positive_ids, label_smoothing, reduction, kind,
@@ -361,6 +373,10 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, *, tau: float = 0.07, log
     scale = _scale(tau, logit_scale, max_logit_scale, a.device)
     bias = logit_bias.reshape(()).to(a.device) if logit_bias is not None else None
     source_ids, positive_ids = (None if t is None else t.long() for t in (source_ids, positive_ids))
+    if a.shape[0] == 0:  # an empty evaluation shard: no rows, zero loss (connected to the inputs' graphs)
+        dt = torch.float64 if a.dtype == torch.float64 else torch.float32
+        row = (a.sum(-1) + b.sum(-1)).to(dt) + scale.to(dt) * 0
+        return _reduce(row, row, symmetric, "sum" if reduction == "mean" else reduction)
     impl = select(OP, a, b, backend=backend, gather=gather, kind=kind)
     log_w = math.log(source_weight)
     if gather == "none":

@@ -125,7 +125,8 @@ def mel_spectrogram_reference(wave: Tensor, config: MelConfig | str = "event", *
     win, fb, _ = constants(cfg, x.device, x.dtype)
     n_full = cfg.frames(T)
     if lengths is None:
-        power = _power_frames(x.reshape(B * C, T), cfg, win).reshape(B, C, cfg.n_freq, -1)
+        power = (_power_frames(x.reshape(B * C, T), cfg, win).reshape(B, C, cfg.n_freq, -1) if B * C
+                 else x.new_zeros(B, C, cfg.n_freq, n_full))
         valid = torch.full((B,), n_full, dtype=torch.long, device=x.device)
     else:
         items = []

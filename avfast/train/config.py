@@ -117,6 +117,7 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
     progress: bool = True
     threads: int = 0  # torch intra-op threads in the training process (0: torch's default)
+    plots: bool = True  # loss / lr / R@k curves as PNG next to metrics.jsonl at the end (needs matplotlib)
     eval_every: int = 0  # epochs between evaluations during training (0: none; the command evaluates at the end)
     early_stopping_patience: int = 0  # evaluations without improvement before stopping (0: off)
     early_stopping_metric: str = ""  # key of the family's evaluation dict (needs eval_every > 0)

@@ -363,8 +363,13 @@ class Trainer:
             self.metrics.log({"step": self.step, "epoch": self.epoch + 1, **_floats(metrics)}, self.step)
 
     def close(self) -> None:
+        """Close the metrics log and (``train.plots``) draw its curves next to it."""
         if self.metrics:
             self.metrics.close()
+            if self.cfg.train.plots:
+                from avfast.plot import plot_run
+
+                plot_run(self.out_dir, log=self.log)
 
 
 def _floats(values: dict) -> dict:

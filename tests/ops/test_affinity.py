@@ -139,6 +139,28 @@ def test_many_row_and_column_blocks(backend, fast):
     check_topk(vals, idx, y, y, 3, "cosine", exclude_self=True)
 
 
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="cpp extension not built")
+@pytest.mark.parametrize("threads", [2, 3, 4])
+@pytest.mark.parametrize("fast", [None, torch.bfloat16])
+def test_cpp_column_splits_merge(threads, fast):
+    """Few queries, more threads than row blocks: columns split across threads, per-row lists merged.
+
+    Ties across a split boundary must still go to the lower index.
+    """
+    x, y = inputs((1, 5, 16), (1, 5000, 16))
+    y[0, 4000] = y[0, 2600] = y[0, 10]            # the same vector in different splits
+    x[0, 0] = y[0, 10]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for metric in A.METRICS:
+            vals, idx = affinity_topk(x, y, 6, metric=metric, compute_dtype=fast, backend="cpp")
+            check_topk(vals, idx, x, y, 6, metric, exact_indices=fast is None)
+        assert affinity_topk(x, y, 3, metric="cosine", backend="cpp")[1][0, 0].tolist() == [10, 2600, 4000]
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batched_equals_per_group(backend):
     x, y = inputs((3, 17, 8), (3, 45, 8))

@@ -329,7 +329,8 @@ def test_auto_choice_on_cpu():
     (dict(logit_bias=torch.tensor(0.0)), "logit_bias is for kind='siglip'"),
     (dict(kind="siglip", label_smoothing=0.1), "label_smoothing applies"),
     (dict(logit_scale=torch.ones(2)), "one-element"),
-    (dict(a=torch.zeros(0, 3), b=torch.zeros(0, 3)), "empty"),
+    (dict(a=torch.zeros(4, 0), b=torch.zeros(4, 0)), "D=0"),
+    (dict(a=torch.zeros(0, 3), b=torch.zeros(0, 3), gather="all_gather"), "empty shard"),
     (dict(a=torch.ones(4, 3, dtype=torch.long)), "floating point"),
 ])
 def test_bad_input_raises_clear_error(kwargs, match):
