@@ -224,8 +224,9 @@ class SyntheticAVQA:
 
     A scene: two instruments (distinct classes of ``classes``), one at a random position on the
     left half of a ``grid`` x ``grid`` map, one on the right, and with probability 1/2 a third, silent
-    one. The left and right ones sound from their onsets to the end; the first starts at segment 0,
-    the second at a random later segment (or, with probability 0.3, never). Audio per segment: the
+    one. The left and right ones sound one after the other: the first from segment 0 to a random
+    switch segment, the second from there to the end (with probability 0.3 the first sounds
+    throughout and the second never). Audio per segment: the
     sum of the sounding instruments' 128-d signatures times their loudness, plus noise. Visual maps
     per segment (``dim`` channels): each instrument's visual signature plus an "objectness" vector at
     its position, a side code (left/right half) at every position, plus noise.
@@ -238,19 +239,23 @@ class SyntheticAVQA:
     seed's ladder Q < AV+Q < AV+Q+TG+SG.
     """
 
-    def __init__(self, *, segments: int = 10, dim: int = 64, grid: int = 4, classes: int = 6, noise: float = 0.1,
-                 seed: int = 0):
+    def __init__(self, *, segments: int = 10, dim: int = 64, grid: int = 4, classes: int = 6, noise: float = 0.03,
+                 types: tuple = tuple(range(len(QUESTION_TYPES))), seed: int = 0):
+        if not types or any(not 0 <= k < len(QUESTION_TYPES) for k in types):
+            raise ValueError(f"SyntheticAVQA: types must index QUESTION_TYPES, got {types}")
+        self.types = tuple(types)
         if grid < 2 or grid % 2:
             raise ValueError(f"SyntheticAVQA: grid must be even and >= 2 (left/right halves), got {grid}")
         if not 3 <= classes <= len(INSTRUMENTS) or segments < 4:
             raise ValueError(f"SyntheticAVQA: need 3 <= classes <= {len(INSTRUMENTS)} and segments >= 4")
         self.segments, self.dim, self.grid, self.classes, self.noise = segments, dim, grid, classes, noise
         g = torch.Generator().manual_seed(seed)
-        unit = lambda *s: torch.nn.functional.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
-        self.audio_sig = unit(classes, 128)
-        self.visual_sig = unit(classes, dim)
-        self.objectness = unit(dim) * 0.7
-        self.side_code = unit(2, dim) * 0.5
+        # orthonormal signatures: classes, objectness and the two side codes do not overlap
+        self.audio_sig = torch.linalg.qr(torch.randn(128, classes, generator=g))[0].T.contiguous()
+        if dim < classes + 3:
+            raise ValueError(f"SyntheticAVQA: dim must be >= classes + 3 ({classes + 3}), got {dim}")
+        basis = torch.linalg.qr(torch.randn(dim, classes + 3, generator=g))[0].T.contiguous()
+        self.visual_sig, self.objectness, self.side_code = basis[:classes], basis[classes] * 0.7, basis[classes + 1:] * 0.5
         self.names = INSTRUMENTS[:classes]
 
     # one scene -> (audio (T, 128), visual (T, dim, grid, grid), objects)
@@ -262,8 +267,9 @@ class SyntheticAVQA:
             objects.append({"cls": int(cls[side]), "side": side, "row": int(rng.integers(self.grid)),
                             "col": int(rng.integers(half)) + side * half})
         order = rng.permutation(2)
-        objects[order[0]]["onset"] = 0
-        objects[order[1]]["onset"] = int(rng.integers(3, t - 2)) if rng.random() > 0.3 else t
+        switch = int(rng.integers(3, t - 2)) if rng.random() > 0.3 else t
+        objects[order[0]].update(onset=0, offset=switch)
+        objects[order[1]].update(onset=switch, offset=t)
         loud = rng.permutation([0.6, 1.2])
         for o, l in zip(objects, loud):
             o["loud"] = float(l)
@@ -273,15 +279,15 @@ class SyntheticAVQA:
                 row, col = int(rng.integers(self.grid)), int(rng.integers(half)) + side * half
                 if all((row, col) != (o["row"], o["col"]) for o in objects):
                     break
-            objects.append({"cls": int(cls[2]), "side": side, "row": row, "col": col, "onset": t, "loud": 0.0})
+            objects.append({"cls": int(cls[2]), "side": side, "row": row, "col": col, "onset": t, "offset": t,
+                            "loud": 0.0})
         return objects
 
     def _features(self, objects, g: torch.Generator):
         t, d, n = self.segments, self.dim, self.grid
         audio = torch.randn(t, 128, generator=g) * self.noise
         for o in objects:
-            if o["onset"] < t:
-                audio[o["onset"]:] += o["loud"] * self.audio_sig[o["cls"]]
+            audio[o["onset"]:o["offset"]] += o["loud"] * self.audio_sig[o["cls"]]
         base = torch.zeros(d, n, n)
         base[:, :, : n // 2] += self.side_code[0][:, None, None]
         base[:, :, n // 2:] += self.side_code[1][:, None, None]
@@ -295,7 +301,7 @@ class SyntheticAVQA:
         t = self.segments
         main = objects[:2]
         sounding = [o for o in objects if o["onset"] < t]
-        energy = lambda o: o["loud"] * (t - o["onset"]) if o["onset"] < t else 0.0  # noqa: E731
+        energy = lambda o: o["loud"] * (o["offset"] - o["onset"])  # noqa: E731
         side = lambda s: "left" if s == 0 else "right"  # noqa: E731
         first_last = sorted(sounding, key=lambda o: o["onset"])
         if kind == 0:
@@ -337,7 +343,7 @@ class SyntheticAVQA:
         items, audio, visual = [], [], []
         while len(items) < n:
             objects = self._scene(rng)
-            kind = int(rng.integers(len(QUESTION_TYPES)))
+            kind = self.types[int(rng.integers(len(self.types)))]
             qa = self._question(kind, objects, rng)
             if qa is None:
                 continue
