@@ -147,7 +147,8 @@ class AVQADataset(torch.utils.data.Dataset):
 
     Items: ``audio`` (T, 128) float32, ``visual`` (T, C, h, w) float32, ``question`` (max_len,) int64,
     ``answer`` () int64 index into ``answers``, ``qtype`` () int64 index into ``QUESTION_TYPES``.
-    The question vocabulary is built from the training json (as the public code) unless given.
+    The question vocabulary is built from the questions of every split present (train's words first,
+    in the public code's order) unless given, so a test word unseen in training is no error.
     """
 
     def __init__(self, root, split: str = "train", *, segments: int = 10, answers=ANSWERS, vocab=None,
@@ -157,8 +158,10 @@ class AVQADataset(torch.utils.data.Dataset):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train|val|test, got {split!r}")
         self.items = load_questions(self.root / "json" / f"avqa-{split}.json")
-        if vocab is None:
-            vocab = question_vocabulary(load_questions(self.root / "json" / "avqa-train.json"))
+        if vocab is None:  # question words of every split present, train first (no answers involved)
+            vocab = question_vocabulary([q for name in ("train", "val", "test")
+                                         if (self.root / "json" / f"avqa-{name}.json").is_file()
+                                         for q in load_questions(self.root / "json" / f"avqa-{name}.json")])
         self.vocab = {w: i for i, w in enumerate(vocab)}
         self.answers = {a: i for i, a in enumerate(answers)}
         self.segments, self.max_len = segments, max_len
@@ -185,7 +188,7 @@ class AVQADataset(torch.utils.data.Dataset):
             x = np.load(path, mmap_mode="r")
         except ValueError as e:
             raise DataError(path, f"not a .npy array ({e})") from None
-        if x.ndim != 1 + len(tail or (0,)) or (tail is not None and x.shape[1:] != tail):
+        if x.ndim != 1 + (len(tail) if tail else 3) or (tail is not None and x.shape[1:] != tail):
             raise DataError(path, f"expected (S, {', '.join(map(str, tail)) if tail else 'C, h, w'}) features, "
                                   f"got {x.shape}")
         if x.shape[0] < self.segments:
@@ -198,7 +201,7 @@ class AVQADataset(torch.utils.data.Dataset):
         question, answer, qtype = self.encoded[i]
         video = str(item["video_id"])
         return {"audio": self._features(self.audio_dir, video, (128,)),
-                "visual": self._features(self.visual_dir, video, None),
+                "visual": self._features(self.visual_dir, video, None),  # (C, h, w): any map size
                 "question": question, "answer": torch.tensor(answer), "qtype": torch.tensor(qtype)}
 
 
