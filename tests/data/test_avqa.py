@@ -154,3 +154,24 @@ def test_ablation_order_q_below_av_q_below_full():
     print(format_qa_table(acc))
     q, av, full = (acc[k]["All/Avg"] for k in ("q", "av_q", "av_q_tg_sg"))
     assert q + 3 < av < full - 3, (q, av, full)
+
+
+def test_avqa_command_trains_resumes_and_evaluates_on_the_layout(tmp_path, capsys):
+    """``avfast avqa train|eval`` on scenes written in the MUSIC-AVQA layout: the seed's table printed,
+    resume from the latest checkpoint, eval of the checkpoint to json."""
+    from avfast.cli import main
+
+    root = write_avqa_layout(tmp_path / "avqa", SyntheticAVQA(seed=0), {"train": 64, "val": 16, "test": 16})
+    out = tmp_path / "run"
+    config = str(Path(__file__).parent.parent.parent / "configs/avqa/demo_synthetic.yaml")
+    common = ["--config", config, "--set", f"data.root={root}", "--set", "data.batch_size=16"]
+    assert main(["avqa", "train", "--out", str(out), *common, "--set", "optim.epochs=1"]) == 0
+    printed = capsys.readouterr().out
+    for key in ("Audio/Counting", "Visual/Location", "Audio-Visual/Temporal", "Audio-Visual/Avg", "All/Avg"):
+        assert f"\n  {key} " in printed
+    assert main(["avqa", "train", "--out", str(out), *common, "--set", "optim.epochs=2", "--resume",
+                 "--evaluate"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert main(["avqa", "eval", "--checkpoint", str(out), "--split", "val", "--json", str(tmp_path / "r.json")]) == 0
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert set(results) == set(QA_COLUMNS)
