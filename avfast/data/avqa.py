@@ -232,7 +232,8 @@ class SyntheticAVQA:
     throughout and the second never). Audio per segment: the
     sum of the sounding instruments' 128-d signatures times their loudness, plus noise. Visual maps
     per segment (``dim`` channels): each instrument's visual signature plus an "objectness" vector at
-    its position, a side code (left/right half) at every position, plus noise.
+    its position together with a code of its side (left/right half; CNN features know roughly where
+    they are), plus noise everywhere.
 
     Which questions need what: Q-only can answer from the answer prior alone; the T-averaged audio
     answers "how many sounding", "is X sounding", "is X louder" (energy); the averaged visual answers
@@ -292,10 +293,8 @@ class SyntheticAVQA:
         for o in objects:
             audio[o["onset"]:o["offset"]] += o["loud"] * self.audio_sig[o["cls"]]
         base = torch.zeros(d, n, n)
-        base[:, :, : n // 2] += self.side_code[0][:, None, None]
-        base[:, :, n // 2:] += self.side_code[1][:, None, None]
         for o in objects:
-            base[:, o["row"], o["col"]] += self.visual_sig[o["cls"]] + self.objectness
+            base[:, o["row"], o["col"]] += self.visual_sig[o["cls"]] + self.objectness + self.side_code[o["side"]]
         visual = base[None] + torch.randn(t, d, n, n, generator=g) * self.noise
         return audio, visual
 

@@ -2,4 +2,4 @@
 from avfast._util import export_public
 
 export_public(globals(), __name__, ("encoders", "dub", "dcl", "late_fusion", "avst", "icl_avs",
-                                    "event_fusion", "ogm_ge"))
+                                    "event_fusion", "ogm_ge", "resnet2d", "fusion"))
