@@ -196,3 +196,21 @@ def test_ogm_command_on_a_labelled_manifest(tmp_path, capsys):
 
     with pytest.raises(DataError, match="c17.npy: visual file not found"):
         main(["ogm", "eval", "--checkpoint", str(out), "--split", "test"])
+
+
+def _ddp_scores(rank: int, world_size: int):
+    from avfast.train.ogm_ge import OGMGE
+
+    trainer = SimpleNamespace(dist=SimpleNamespace(distributed=True))
+    aux = [{"out_a": OUT_A[rank:rank + 1], "out_v": OUT_V[rank:rank + 1], "labels": LABELS[rank:rank + 1]}]
+    scores, n = OGMGE().scores(aux, trainer)
+    return scores.tolist(), n
+
+
+def test_scores_are_all_reduced_over_ranks():
+    """Under DDP each rank scores its half of the batch; the coefficients use the global sums."""
+    from helpers import spawn
+
+    (s0, n0), (s1, n1) = spawn(_ddp_scores, 2)
+    assert s0 == s1 == pytest.approx(modality_scores(OUT_A, OUT_V, LABELS).tolist())
+    assert n0 == n1 == 2
