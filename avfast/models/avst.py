@@ -20,7 +20,7 @@ For a clip of T one-second segments (T = 10), in the public code's order (net_av
 The seed's ablation ladder is the config switches ``use_audio``, ``use_visual``,
 ``temporal_grounding``, ``spatial_grounding`` (Q, A+Q, V+Q, AV+Q, +TG, +SG). Without TG the T
 vectors are averaged; without SG the segment's visual vector is ``Linear(pooled)``.
-``temporal_positions`` (our addition, off in the public code's configs) adds a learned embedding of
+``temporal_positions`` (our addition, off in the public code's configs) adds a learned embedding (init N(0, 1)) of
 the segment index before TG so that "which sounds first" is answerable by attention.
 
 Loss (``AVSTLoss``): CE_qa + 0.5 CE_match.
@@ -204,7 +204,7 @@ class AVSTModel(nn.Module):
         if c.temporal_grounding:
             self.tg_audio = _TemporalGrounding(d, c.heads, c.dropout, c.backend) if c.use_audio else None
             self.tg_visual = _TemporalGrounding(d, c.heads, c.dropout, c.backend) if c.use_visual else None
-            self.positions = nn.Parameter(torch.zeros(c.segments, d)) if c.temporal_positions else None
+            self.positions = nn.Parameter(torch.randn(c.segments, d)) if c.temporal_positions else None
         n_modalities = int(c.use_audio) + int(c.use_visual)
         self.fusion = nn.Linear(n_modalities * d, d) if n_modalities else None
         self.answer = nn.Linear(d, c.answers)

@@ -143,17 +143,18 @@ def test_training_lowers_the_loss():
 @pytest.mark.slow
 def test_ablation_order_q_below_av_q_below_full():
     """The seed's ladder on synthetic scenes: Q-only < AV+Q < AV+Q+TG+SG (overall accuracy)."""
-    gen = SyntheticAVQA(seed=0, types=(0, 2, 5, 8))  # A counting, V counting, AV location, AV temporal
+    # A counting, V counting, AV location, AV temporal on 2 x 2 maps (left / right column)
+    gen = SyntheticAVQA(seed=0, grid=2, types=(0, 2, 5, 8))
     train, test = gen.tensors(4000, seed=1), gen.tensors(1000, seed=2)
     acc = {}
     for ablation in ("q", "av_q", "av_q_tg_sg"):
-        model, _ = _train(ablation, train, 1500)
+        model, _ = _train(ablation, train, 1000)
         with torch.no_grad():
             pred = model(test["audio"], test["visual"], test["question"])["logits"].argmax(-1)
         acc[ablation] = qa_accuracy(pred, test["answer"], test["qtype"])
     print(format_qa_table(acc))
     q, av, full = (acc[k]["All/Avg"] for k in ("q", "av_q", "av_q_tg_sg"))
-    assert q + 3 < av < full - 3, (q, av, full)
+    assert q + 5 < av < full - 5, (q, av, full)
 
 
 def test_avqa_command_trains_resumes_and_evaluates_on_the_layout(tmp_path, capsys):
