@@ -88,7 +88,8 @@ def question_type(item: dict) -> int:
     qid = item.get("question_id", "?")
     kind = tuple(_list_field(item, "type", qid))
     if kind not in QUESTION_TYPES:
-        raise DataError(f"question {qid}", f"unknown question type {list(kind)}; known: {[list(t) for t in QUESTION_TYPES]}")
+        raise DataError(f"question {qid}",
+                        f"unknown question type {list(kind)}; known: {[list(t) for t in QUESTION_TYPES]}")
     return QUESTION_TYPES.index(kind)
 
 
@@ -171,7 +172,8 @@ class AVQADataset(torch.utils.data.Dataset):
             qid = item.get("question_id", "?")
             answer = _answer(item)
             if answer not in self.answers:
-                raise DataError(f"question {qid}", f"answer {answer!r} is not in the {len(self.answers)}-answer vocabulary")
+                raise DataError(f"question {qid}",
+                                f"answer {answer!r} is not in the {len(self.answers)}-answer vocabulary")
             if "video_id" not in item:
                 raise DataError(f"question {qid}", "no video_id")
             self.encoded.append((encode_question(parse_question(item), self.vocab, max_len=max_len, qid=qid),
@@ -259,7 +261,8 @@ class SyntheticAVQA:
         if dim < classes + 3:
             raise ValueError(f"SyntheticAVQA: dim must be >= classes + 3 ({classes + 3}), got {dim}")
         basis = torch.linalg.qr(torch.randn(dim, classes + 3, generator=g))[0].T.contiguous()
-        self.visual_sig, self.objectness, self.side_code = basis[:classes], basis[classes] * 0.7, basis[classes + 1:] * 0.5
+        self.visual_sig, self.objectness = basis[:classes], basis[classes] * 0.7
+        self.side_code = basis[classes + 1:] * 0.5
         self.names = INSTRUMENTS[:classes]
 
     # one scene -> (audio (T, 128), visual (T, dim, grid, grid), objects)
@@ -321,7 +324,8 @@ class SyntheticAVQA:
         if kind == 4:  # half the time a sounding one, else a silent or absent class
             if rng.random() < 0.5:
                 return [self.names[sounding[int(rng.integers(len(sounding)))]["cls"]]], "yes"
-            quiet = {o["cls"] for o in objects if o["onset"] >= t} | (set(range(self.classes)) - {o["cls"] for o in objects})
+            present = {o["cls"] for o in objects}
+            quiet = {o["cls"] for o in objects if o["onset"] >= t} | (set(range(self.classes)) - present)
             return [self.names[int(rng.choice(sorted(quiet)))]], "no"
         if kind in (5, 8):
             if len(first_last) < 2:

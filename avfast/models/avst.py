@@ -140,7 +140,8 @@ class QuestionEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"QuestionEncoder: expected integer token ids (B, L), got {tokens.dtype} {tuple(tokens.shape)}")
+            raise ValueError(f"QuestionEncoder: expected integer token ids (B, L), got {tokens.dtype} "
+                             f"{tuple(tokens.shape)}")
         if int(tokens.max()) >= self.embed.num_embeddings or int(tokens.min()) < 0:
             raise ValueError(f"QuestionEncoder: token ids must be in [0, {self.embed.num_embeddings}), got "
                              f"[{int(tokens.min())}, {int(tokens.max())}]")
@@ -194,7 +195,8 @@ class AVSTModel(nn.Module):
         d = c.dim
         self.question = QuestionEncoder(c.vocab_size, d)
         if c.use_audio:
-            self.wave_encoder = MelAudioEncoder(out_dim=c.audio_dim, backend=c.backend) if c.audio_input == "wave" else None
+            wave = c.audio_input == "wave"
+            self.wave_encoder = MelAudioEncoder(out_dim=c.audio_dim, backend=c.backend) if wave else None
             self.audio_fc = nn.Sequential(nn.Linear(c.audio_dim, d), nn.ReLU(inplace=True), nn.Linear(d, d))
         if c.use_visual:
             self.visual_net = (ResNet2d(ResNet2dConfig(width=c.visual_width)) if c.visual_input == "frames" else None)

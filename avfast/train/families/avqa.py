@@ -15,7 +15,7 @@ import torch
 from avfast.models.avst import AVSTConfig, AVSTLoss, AVSTLossConfig, negative_visual
 from avfast.train.family import Family
 
-__all__ = ["FAMILY", "AVQADataConfig", "AVQAEvalConfig", "add_parser"]
+__all__ = ["FAMILY", "AVQADataConfig", "AVQAEvalConfig", "add_parser", "predict", "split_batches"]
 
 SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
 
@@ -49,7 +49,8 @@ def _validate(cfg) -> None:
         if cfg.model.vocab_size < vocab:
             raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) < the synthetic vocabulary ({vocab})")
         if cfg.model.audio_input != "features" or cfg.model.visual_input != "features":
-            raise ConfigError("synthetic scenes are features: model.audio_input and model.visual_input must be 'features'")
+            raise ConfigError("synthetic scenes are features: model.audio_input and model.visual_input "
+                              "must be 'features'")
 
 
 def _build_model(cfg):
@@ -98,18 +99,19 @@ def _build_data(cfg, split, info):
                          rank=info.rank, world_size=info.world_size)
 
 
+def split_batches(data, batch_size: int, num_workers: int = 0):
+    """Batches of an evaluation split in order: slices of a dict of (N, ...) tensors, or a DataLoader."""
+    if isinstance(data, dict):
+        n = next(iter(data.values())).shape[0]
+        return ({k: v[i:i + batch_size] for k, v in data.items()} for i in range(0, n, batch_size))
+    return iter(torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers))
+
+
 def predict(cfg, model, data) -> dict:
     """Answers of a split: ``{"pred", "answer", "qtype"}`` (N,) tensors."""
     device = next(model.parameters()).device
-    bs = cfg.eval.batch_size
-    if isinstance(data, dict):
-        n = data["answer"].shape[0]
-        batches = ({k: v[i:i + bs] for k, v in data.items()} for i in range(0, n, bs))
-    else:
-        loader = torch.utils.data.DataLoader(data, batch_size=bs, shuffle=False, num_workers=cfg.data.num_workers)
-        batches = iter(loader)
     preds, answers, qtypes = [], [], []
-    for batch in batches:
+    for batch in split_batches(data, cfg.eval.batch_size, cfg.data.num_workers):
         out = model(batch["audio"].to(device), batch["visual"].to(device), batch["question"].to(device))
         preds.append(out["logits"].argmax(-1).cpu())
         answers.append(batch["answer"])

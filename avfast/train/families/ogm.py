@@ -181,15 +181,11 @@ def _build_data(cfg, split, info):
 
 
 def _evaluate(cfg, model, split, info):
-    data = _dataset(cfg, split)
+    from avfast.train.families.avqa import split_batches
+
     device = next(model.parameters()).device
-    if isinstance(data, dict):
-        n = data["label"].shape[0]
-        batches = ({k: v[i:i + cfg.eval.batch_size] for k, v in data.items()} for i in range(0, n, cfg.eval.batch_size))
-    else:
-        batches = iter(torch.utils.data.DataLoader(data, batch_size=cfg.eval.batch_size, shuffle=False))
     outs, labels = [], []
-    for batch in batches:
+    for batch in split_batches(_dataset(cfg, split), cfg.eval.batch_size, cfg.data.num_workers):
         out = model(batch["audio"].to(device), batch["visual"].to(device))
         outs.append([t.cpu() for t in out])
         labels.append(batch["label"])
