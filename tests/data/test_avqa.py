@@ -176,3 +176,22 @@ def test_avqa_command_trains_resumes_and_evaluates_on_the_layout(tmp_path, capsy
     assert main(["avqa", "eval", "--checkpoint", str(out), "--split", "val", "--json", str(tmp_path / "r.json")]) == 0
     results = json.loads((tmp_path / "r.json").read_text())
     assert set(results) == set(QA_COLUMNS)
+
+
+REPO = Path(__file__).parent.parent.parent
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for d in ("avqa", "ogm")
+                                        for p in (REPO / "configs" / d).glob("*.yaml")))
+def test_seed_003_configs_load_and_build(path):
+    from avfast.train.config import load_config
+    from avfast.train.family import get_family
+
+    family = path.split("/")[1]
+    cfg = load_config(REPO / path, [], family=family)
+    get_family(family).build_model(cfg)
+    if family == "avqa" and "demo" not in path:
+        assert (cfg.optim.name, cfg.optim.lr, cfg.data.batch_size, cfg.loss.match_weight) == ("adam", 1e-4, 64, 0.5)
+    if family == "ogm" and "demo" not in path:
+        assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.step_size,
+                cfg.optim.gamma, cfg.optim.epochs, cfg.data.batch_size) == ("sgd", 1e-3, 0.9, 1e-4, 70, 0.1, 100, 64)
