@@ -17,15 +17,18 @@ install: $(PY)
 	$(PIP) install -q numpy ninja "setuptools>=64" wheel
 	$(PIP) install -q --no-build-isolation -e ".[test]"
 
-# Main job: generate the demo movies (dubbed tracks, manifest), then pretrain the demo config on them,
-# printing throughput and retrieval R@k before and after training.
+# Main job: generate the demo movies (dubbed tracks, manifest) and held-out movies of another seed,
+# pretrain the demo config on the first, and print throughput, then retrieval R@k and probes (colour
+# of the largest shape) on the held-out movies before and after training.
 DEMO_DATA ?= demo_data
 DEMO_RUN ?= runs/demo
 demo: install
 	$(PY) -m avfast.cli info
 	$(PY) -m avfast.cli make-demo-data $(DEMO_DATA)
+	$(PY) -m avfast.cli make-demo-data $(DEMO_DATA)/heldout --movies 8 --seed 1
 	rm -rf $(DEMO_RUN)
-	$(PY) -m avfast.cli pretrain --config configs/demo.yaml --data $(DEMO_DATA)/manifest.jsonl --out $(DEMO_RUN)
+	$(PY) -m avfast.cli pretrain --config configs/demo.yaml --data $(DEMO_DATA)/manifest.jsonl --out $(DEMO_RUN) \
+		--set data.eval_manifest=$(DEMO_DATA)/heldout/manifest.jsonl --set data.probe_manifest=$(DEMO_DATA)/heldout/manifest.jsonl
 
 test: install
 	$(PY) -m pytest -q tests

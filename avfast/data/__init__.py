@@ -8,4 +8,5 @@ Stable names: ``PyAVVideoReader().read(path, start, duration, num_frames, fps) -
 from avfast._util import export_public
 
 export_public(globals(), __name__, ("errors", "video", "audio", "manifest", "synthetic", "sampler", "shots",
-                                    "transforms", "quadruples", "dataset", "dubbing", "avsbench", "avqa"))
+                                    "transforms", "quadruples", "dataset", "dubbing", "separation", "dali_batch",
+                                    "avsbench", "vggsound", "avqa"))

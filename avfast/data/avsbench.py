@@ -9,7 +9,17 @@ Layout (AVSBench-semantic release, which holds all three tasks)::
     root/<label>/<uid>/labels_rgb/<i>.png   colour masks (AVSBench's 71-colour map, black = background)
     root/<label>/<uid>/vggish.npy       (optional, ``audio="features"``) (T, 128) float features
 
+The AVSBench-object release (S4 and MS3 only) is read too (``layout="object"``; ``"auto"`` picks
+by the csv found): ``root/s4_meta_data.csv`` (name, ..., category, split) with
+``s4_data/visual_frames/<split>/<category>/<name>/<name>_<i+1>.png``, ``s4_data/gt_masks/...`` (same
+pattern) and ``s4_data/audio_wav/<split>/<category>/<name>.wav``; ``root/ms3_meta_data.csv`` (name,
+..., split) with ``ms3_data/visual_frames/<name>/<name>.mp4_<i+1>.png``,
+``ms3_data/gt_masks/<split>/<name>/<name>_<i+1>.png`` and ``ms3_data/audio_wav/<split>/<name>.wav``
+(``root`` may also be the folder holding ``Single-source/`` and ``Multi-sources/``). Audio features
+there: ``<the wav path>.vggish.npy`` (our convention; the release's log-mel pickles are not read).
+
 Tasks: ``s4`` reads v1s (binary masks: any colour = object), ``ms3`` v1m (binary), ``avss`` v2
+(``subsets=("v1s", "v1m", "v2")`` adds the 5-frame clips, zero-padded to 10 frames with ``valid`` False)
 (class labels from the colour map). S4's training split labels only the first frame (AVSBench): its
 other masks are optional and ``valid`` says which frames have one; every other required mask that is
 missing raises ``DataError`` naming the file, as does a mask whose size differs from its frame's.
@@ -37,12 +47,14 @@ import torch.nn.functional as F
 from avfast.data.errors import DataError
 
 __all__ = ["AVSBENCH_TASKS", "AVSS_NUM_CLASSES", "avss_palette", "colour_to_labels", "labels_to_colour",
-           "read_image", "write_image", "AVSBenchClip", "AVSBenchDataset", "add_noise_at_snr",
+           "read_image", "write_image", "AVSBenchClip", "clip_paths", "find_clips", "AVSBenchDataset",
+           "add_noise_at_snr",
            "SyntheticAVS", "write_synthetic_avsbench", "collate_avs"]
 
 AVSS_NUM_CLASSES = 71
 # task -> (subset directory, frames per clip)
 AVSBENCH_TASKS = {"s4": ("v1s", 5), "ms3": ("v1m", 5), "avss": ("v2", 10)}
+SUBSET_FRAMES = {"v1s": 5, "v1m": 5, "v2": 10}
 SPLITS = ("train", "val", "test")
 SAMPLE_RATE = 16000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -79,7 +91,8 @@ def colour_to_labels(rgb: np.ndarray, path="<mask>", num_classes: int = AVSS_NUM
     found = keys[order][pos] == codes
     if not found.all():
         bad = rgb[~found][0]
-        raise DataError(path, f"colour {tuple(int(x) for x in bad)} is not in AVSBench's {num_classes}-class colour map")
+        raise DataError(path, f"colour {tuple(int(x) for x in bad)} is not in AVSBench's {num_classes}-class "
+                              "colour map")
     return order[pos]
 
 
@@ -143,23 +156,111 @@ def add_noise_at_snr(wave: torch.Tensor, snr_db: float, *, noise: torch.Tensor |
 
 @dataclass(frozen=True)
 class AVSBenchClip:
+    """One clip's files: ``frames`` and ``masks`` (T paths each), ``audio`` (wav), ``features`` (npy)."""
+
     uid: str
     split: str
-    subset: str
-    directory: Path
+    frames: tuple
+    masks: tuple
+    audio: Path
+    features: Path
 
 
-def _read_metadata(root: Path) -> list[dict]:
-    path = root / "metadata.csv"
+OBJECT_LAYOUT = {"s4": ("s4_meta_data.csv", "Single-source"), "ms3": ("ms3_meta_data.csv", "Multi-sources")}
+
+
+def _read_csv(path: Path, required: set) -> tuple[list[dict], list[str]]:
     if not path.is_file():
-        raise DataError(path, "AVSBench metadata.csv not found")
+        raise DataError(path, "AVSBench metadata csv not found")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-        missing = {"uid", "split", "label"} - set(reader.fieldnames or ())
+        fields = list(reader.fieldnames or ())
+    missing = required - set(fields)
     if missing:
-        raise DataError(path, f"missing columns {sorted(missing)} (has {reader.fieldnames})")
-    return rows
+        raise DataError(path, f"missing columns {sorted(missing)} (has {fields})")
+    return rows, fields
+
+
+def clip_paths(layout: str, root, task: str, split: str, name: str, category: str = "",
+               features_file: str = "vggish.npy", subset: str | None = None) -> AVSBenchClip:
+    """The files of clip ``name`` in AVSBench's ``layout`` ("semantic" or "object"; module doc).
+
+    ``subset`` (semantic layout): v1s | v1m | v2, default the task's; it sets the frame count."""
+    root, t = Path(root), AVSBENCH_TASKS[task][1]
+    if layout == "semantic":
+        subset = subset or AVSBENCH_TASKS[task][0]
+        t = SUBSET_FRAMES[subset]
+        d = root / subset / name
+        return AVSBenchClip(name, split, tuple(d / "frames" / f"{i}.jpg" for i in range(t)),
+                            tuple(d / "labels_rgb" / f"{i}.png" for i in range(t)), d / "audio.wav", d / features_file)
+    if layout != "object" or task not in OBJECT_LAYOUT:
+        raise ValueError(f"AVSBench layout {layout!r} has no task {task!r} (object: s4, ms3; semantic: all)")
+    if task == "s4":
+        base = root / "s4_data"
+        frames = base / "visual_frames" / split / category / name
+        masks = base / "gt_masks" / split / category / name
+        audio = base / "audio_wav" / split / category / f"{name}.wav"
+        frame_names = [f"{name}_{i + 1}.png" for i in range(t)]
+    else:
+        base = root / "ms3_data"
+        frames = base / "visual_frames" / name
+        masks = base / "gt_masks" / split / name
+        audio = base / "audio_wav" / split / f"{name}.wav"
+        frame_names = [f"{name}.mp4_{i + 1}.png" for i in range(t)]
+    return AVSBenchClip(name, split, tuple(frames / n for n in frame_names),
+                        tuple(masks / f"{name}_{i + 1}.png" for i in range(t)), audio,
+                        audio.with_name(audio.name + ".vggish.npy"))
+
+
+def _object_root(root: Path, task: str) -> Path | None:
+    """The folder holding ``<task>_meta_data.csv`` (``root`` or its Single-source / Multi-sources)."""
+    csv_name, sub = OBJECT_LAYOUT.get(task, (None, None))
+    if csv_name is None:
+        return None
+    for candidate in (root, root / sub):
+        if (candidate / csv_name).is_file():
+            return candidate
+    return None
+
+
+def find_clips(root, task: str, split: str, *, layout: str = "auto", features_file: str = "vggish.npy",
+               subsets: tuple[str, ...] | None = None) -> tuple[str, list[AVSBenchClip]]:
+    """(layout used, clips of ``task`` / ``split``) from the metadata csv of an AVSBench release.
+
+    ``subsets`` (semantic layout): which of v1s / v1m / v2 to read (default: the task's own)."""
+    root = Path(root)
+    if layout == "auto":
+        layout = "semantic" if (root / "metadata.csv").is_file() or _object_root(root, task) is None else "object"
+    if layout == "semantic":
+        path = root / "metadata.csv"
+        rows, _ = _read_csv(path, {"uid", "split", "label"})
+        subsets = tuple(subsets or (AVSBENCH_TASKS[task][0],))
+        unknown = sorted(set(subsets) - set(SUBSET_FRAMES))
+        if unknown:
+            raise ValueError(f"unknown AVSBench subsets {unknown} (v1s, v1m, v2)")
+        clips = [clip_paths("semantic", root, task, split, r["uid"], features_file=features_file, subset=r["label"])
+                 for r in rows if r["label"] in subsets and r["split"] == split]
+        where = f"{'/'.join(subsets)} clips"
+    elif layout == "object":
+        base = _object_root(root, task)
+        if base is None:
+            raise DataError(root / OBJECT_LAYOUT.get(task, ("<task>_meta_data.csv",))[0],
+                            f"AVSBench-object csv for {task} not found")
+        path = base / OBJECT_LAYOUT[task][0]
+        rows, fields = _read_csv(path, {"split"})
+        name_key = fields[0]
+        category_key = "category" if "category" in fields else (fields[2] if len(fields) > 2 else None)
+        if task == "s4" and category_key is None:
+            raise DataError(path, f"S4 metadata needs a category column (has {fields})")
+        clips = [clip_paths("object", base, task, split, r[name_key], r[category_key] if task == "s4" else "")
+                 for r in rows if r["split"] == split]
+        where = f"{task} clips"
+    else:
+        raise ValueError(f"layout must be auto, semantic or object ({layout!r} given)")
+    if not clips:
+        raise DataError(path, f"no {where} in split {split!r}")
+    return layout, clips
 
 
 def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
@@ -181,7 +282,7 @@ class AVSBenchDataset(torch.utils.data.Dataset):
 
     def __init__(self, root, task: str, split: str, *, size: int = 224, audio: str = "wave",
                  snr_db: float | None = None, frame_mix: float = 0.0, seed: int = 0,
-                 features_file: str = "vggish.npy"):
+                 features_file: str = "vggish.npy", layout: str = "auto", subsets: tuple[str, ...] | None = None):
         if task not in AVSBENCH_TASKS:
             raise ValueError(f"task must be one of {sorted(AVSBENCH_TASKS)} ({task!r} given)")
         if split not in SPLITS:
@@ -193,10 +294,8 @@ class AVSBenchDataset(torch.utils.data.Dataset):
         self.root, self.task, self.split, self.size = Path(root), task, split, size
         self.audio, self.snr_db, self.seed, self.features_file = audio, snr_db, seed, features_file
         self.subset, self.frames_per_clip = AVSBENCH_TASKS[task]
-        self.clips = [AVSBenchClip(r["uid"], r["split"], r["label"], self.root / r["label"] / r["uid"])
-                      for r in _read_metadata(self.root) if r["label"] == self.subset and r["split"] == split]
-        if not self.clips:
-            raise DataError(self.root / "metadata.csv", f"no {self.subset} clips in split {split!r}")
+        self.layout, self.clips = find_clips(self.root, task, split, layout=layout, features_file=features_file,
+                                             subsets=subsets)
         self.classes = self._class_names()
         rng = np.random.default_rng(seed)
         n = len(self.clips)
@@ -217,19 +316,19 @@ class AVSBenchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def _mask_required(self, i: int) -> bool:
-        return not (self.task == "s4" and self.split == "train" and i > 0)
+    def _mask_required(self, clip: AVSBenchClip, i: int) -> bool:
+        """AVSBench labels S4's (v1s) training clips on their first frame only."""
+        first_only = self.split == "train" and (self.task == "s4" or "/v1s/" in clip.frames[0].as_posix())
+        return not (first_only and i > 0)
 
     def _load_visual(self, clip: AVSBenchClip):
         frames, masks, valid = [], [], []
-        for i in range(self.frames_per_clip):
-            frame_path = clip.directory / "frames" / f"{i}.jpg"
-            if not frame_path.is_file() and (clip.directory / "frames" / f"{i}.png").is_file():
-                frame_path = clip.directory / "frames" / f"{i}.png"
+        for i, (frame_path, mask_path) in enumerate(zip(clip.frames, clip.masks)):
+            if not frame_path.is_file() and frame_path.with_suffix(".png").is_file():
+                frame_path = frame_path.with_suffix(".png")
             frame = read_image(frame_path)
-            mask_path = clip.directory / "labels_rgb" / f"{i}.png"
             if not mask_path.is_file():
-                if self._mask_required(i):
+                if self._mask_required(clip, i):
                     raise DataError(mask_path, f"mask file missing (frame {i} of {clip.uid}, {self.task} {self.split})")
                 mask = np.zeros(frame.shape[:2], dtype=np.int64)
                 valid.append(False)
@@ -245,9 +344,9 @@ class AVSBenchDataset(torch.utils.data.Dataset):
         return torch.stack(frames), torch.stack(masks), torch.tensor(valid)
 
     def _load_audio(self, clip: AVSBenchClip, index: int) -> torch.Tensor:
-        t = self.frames_per_clip
+        t = len(clip.frames)
         if self.audio == "features":
-            path = clip.directory / self.features_file
+            path = clip.features
             if not path.is_file():
                 raise DataError(path, "audio feature file missing")
             feats = torch.from_numpy(np.load(path)).float()
@@ -256,7 +355,7 @@ class AVSBenchDataset(torch.utils.data.Dataset):
             return feats
         from avfast.data.audio import load_audio
 
-        wave = load_audio(clip.directory / "audio.wav", SAMPLE_RATE, duration=float(t), channels=1,
+        wave = load_audio(clip.audio, SAMPLE_RATE, duration=float(t), channels=1,
                           max_pad=float(t))[0]
         wave = wave.view(t, SAMPLE_RATE)
         if self.snr_db is not None:
@@ -274,14 +373,20 @@ class AVSBenchDataset(torch.utils.data.Dataset):
                 other_frames = F.interpolate(other_frames.float(), size=frames.shape[-2:], mode="bilinear",
                                              align_corners=False).round().clamp(0, 255).to(torch.uint8)
             idx = torch.from_numpy(swapped)
+            idx = idx[idx < min(frames.shape[0], other_frames.shape[0])]
             frames[idx] = other_frames[idx]
             masks[idx] = 0
         frames = _resize(frames.float() / 255.0, self.size, "bilinear")
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         masks = _resize(masks[:, None].float(), self.size, "nearest")[:, 0]
-        return {"frames": (frames - mean) / std, "audio": self._load_audio(clip, index),
-                "masks": masks.long() if self.task == "avss" else masks, "valid": valid, "uid": clip.uid}
+        frames, audio = (frames - mean) / std, self._load_audio(clip, index)
+        pad = self.frames_per_clip - frames.shape[0]
+        if pad > 0:  # a 5-frame v1s / v1m clip in the 10-frame AVSS task: zero frames, never scored
+            frames, masks, audio = (torch.cat([x, x.new_zeros(pad, *x.shape[1:])]) for x in (frames, masks, audio))
+            valid = torch.cat([valid, valid.new_zeros(pad)])
+        return {"frames": frames, "audio": audio, "masks": masks.long() if self.task == "avss" else masks,
+                "valid": valid, "uid": clip.uid}
 
 
 def collate_avs(items: list[dict]) -> dict:
@@ -381,11 +486,14 @@ class SyntheticAVS:
 
 def write_synthetic_avsbench(root, *, clips_per_split: dict[str, int] | None = None, size: int = 64,
                              seed: int = 0, tasks=("s4", "ms3", "avss"), num_classes: int = 6,
-                             audio_rate: int = SAMPLE_RATE) -> Path:
-    """Write synthetic clips in AVSBench's layout (module doc): frames as JPEG, colour masks as PNG,
-    audio.wav (the sounding tones), vggish.npy (the stand-in features), metadata.csv, label2idx.json.
-    S4 training clips get only their first mask, as AVSBench's. ``audio_rate`` (a divisor of 16 kHz)
-    writes smaller wav files (the reader resamples). Returns ``root``."""
+                             audio_rate: int = SAMPLE_RATE, layout: str = "semantic") -> Path:
+    """Write synthetic clips in an AVSBench layout (module doc; ``"object"``: S4 and MS3 only).
+
+    Semantic: JPEG frames, colour masks, audio.wav, vggish.npy (the stand-in features),
+    metadata.csv, label2idx.json. Object: PNG frames, 0/255 masks, wav, ``<wav>.vggish.npy``,
+    ``s4_meta_data.csv`` / ``ms3_meta_data.csv``. S4 training clips get only their first mask, as
+    AVSBench's. ``audio_rate`` (a divisor of 16 kHz) writes smaller wav files (the reader resamples).
+    Returns ``root``."""
     from avfast.data.audio import save_audio
 
     if SAMPLE_RATE % audio_rate:
@@ -393,7 +501,7 @@ def write_synthetic_avsbench(root, *, clips_per_split: dict[str, int] | None = N
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     clips_per_split = clips_per_split or {"train": 4, "val": 2, "test": 2}
-    rows = []
+    rows: dict[str, list[dict]] = {}
     for task in tasks:
         subset, _ = AVSBENCH_TASKS[task]
         gen = SyntheticAVS(task, size=size, num_classes=num_classes, seed=seed)
@@ -402,21 +510,34 @@ def write_synthetic_avsbench(root, *, clips_per_split: dict[str, int] | None = N
             for k in range(count):
                 uid = f"{subset}_{split}_{k:03d}"
                 clip = gen.clip(rng)
-                d = root / subset / uid
+                category = f"shape_{int(clip['sounding'][0])}"
+                paths = clip_paths(layout, root, task, split, uid, category)
                 for i in range(gen.frames):
-                    write_image(d / "frames" / f"{i}.jpg", clip["frames"][i])
+                    frame_path = paths.frames[i] if layout == "semantic" else paths.frames[i].with_suffix(".png")
+                    write_image(frame_path, clip["frames"][i])
                     if task == "s4" and split == "train" and i > 0:
                         continue
-                    write_image(d / "labels_rgb" / f"{i}.png", labels_to_colour(clip["labels"][i]))
-                save_audio(d / "audio.wav", clip["waves"].reshape(1, -1)[:, ::SAMPLE_RATE // audio_rate], audio_rate,
+                    labels = clip["labels"][i]
+                    write_image(paths.masks[i], labels_to_colour(labels) if layout == "semantic"
+                                else (labels > 0).astype(np.uint8) * 255)
+                paths.audio.parent.mkdir(parents=True, exist_ok=True)
+                save_audio(paths.audio, clip["waves"].reshape(1, -1)[:, ::SAMPLE_RATE // audio_rate], audio_rate,
                            codec="pcm_s16le")
-                np.save(d / "vggish.npy", gen._audio(clip, rng).astype(np.float32))
-                rows.append({"vid": uid, "uid": uid, "s_min": 0, "s_sec": 0,
-                             "a_obj": "_".join(str(int(c)) for c in clip["sounding"]), "split": split, "label": subset})
-    with open(root / "metadata.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    names = {"background": 0, **{f"shape_{c}": c for c in range(1, AVSS_NUM_CLASSES)}}
-    (root / "label2idx.json").write_text(json.dumps(names, indent=0))
+                np.save(paths.features, gen._audio(clip, rng).astype(np.float32))
+                sounding = "_".join(str(int(c)) for c in clip["sounding"])
+                if layout == "semantic":
+                    row = {"vid": uid, "uid": uid, "s_min": 0, "s_sec": 0, "a_obj": sounding, "split": split,
+                           "label": subset}
+                    rows.setdefault("metadata.csv", []).append(row)
+                else:
+                    row = {"name": uid, "a_obj": sounding, "category": category, "split": split}
+                    rows.setdefault(OBJECT_LAYOUT[task][0], []).append(row)
+    for name, table in rows.items():
+        with open(root / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+    if layout == "semantic":
+        names = {"background": 0, **{f"shape_{c}": c for c in range(1, AVSS_NUM_CLASSES)}}
+        (root / "label2idx.json").write_text(json.dumps(names, indent=0))
     return root

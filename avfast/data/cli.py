@@ -1,4 +1,4 @@
-"""Subcommands ``avfast make-demo-data``, ``avfast shots`` and ``avfast dub``."""
+"""Subcommands ``avfast make-demo-data``, ``avfast shots``, ``avfast dub`` and ``avfast separate``."""
 from __future__ import annotations
 
 import argparse
@@ -49,6 +49,22 @@ def cmd_dub(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_separate(args: argparse.Namespace) -> int:
+    from avfast.data.errors import DataError
+    from avfast.data.separation import separate_manifest
+
+    options = {"model": args.model, "repo": args.repo, "device": args.device} if args.separator == "demucs" else {}
+    try:
+        report = separate_manifest(args.manifest, separator=args.separator, out_dir=args.out_dir, output=args.output,
+                                   sample_rate=args.sample_rate, **options)
+    except (DataError, ImportError, FileNotFoundError, RuntimeError, ValueError) as exc:
+        print(f"avfast separate: {exc}", file=sys.stderr)
+        return 1
+    print(f"{report['tracks']} primary tracks: {report['written']} separated, {report['skipped']} already done; "
+          f"'separated' set on {report['clips']} clips of {report['manifest']}")
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-demo-data", help="write a small synthetic dubbed-movie dataset (mp4 + FLAC + manifest)")
     p.add_argument("out", help="output folder")
@@ -88,3 +104,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, help="dubbed track to write (.flac)")
     p.add_argument("--mux", default=None, help="also write a copy of the video with the new track")
     p.set_defaults(func=cmd_dub)
+
+    p = sub.add_parser("separate", help="write speech-free primary tracks (vocals removed, other stems remixed) "
+                                        "for the no_speech variant and set 'separated' in the manifest")
+    p.add_argument("manifest")
+    p.add_argument("--separator", default="demucs", help="separator plug-in (default demucs)")
+    p.add_argument("--model", default="mdx_extra_q", help="demucs model (seed 001: mdx_extra_q)")
+    p.add_argument("--repo", default=None, help="local folder of the demucs weights (or $AVFAST_DEMUCS_REPO)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--sample-rate", type=int, default=44100, help="rate of the written tracks (Demucs: 44100)")
+    p.add_argument("--out-dir", default=None, help="folder of the .sep.flac files (default <manifest dir>/separated)")
+    p.add_argument("-o", "--output", default=None, help="manifest to write (default: update MANIFEST in place)")
+    p.set_defaults(func=cmd_separate)

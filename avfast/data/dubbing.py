@@ -224,23 +224,10 @@ def _marian(model: str | None = None):
     return translate
 
 
-def _demucs(model: str = "mdx_extra_q"):
-    api = _need("demucs.api", "demucs", "demucs separation")
-    separator = api.Separator(model=model)
+def _demucs(model: str = "mdx_extra_q", repo=None, device: str = "cpu"):
+    from avfast.data.separation import demucs_separator  # resampling, stereo and length handled there
 
-    def separate(wave, sample_rate):
-        import torchaudio  # demucs depends on it
-
-        x = torch.from_numpy(wave)
-        x = torchaudio.functional.resample(x, sample_rate, separator.samplerate)
-        if x.shape[0] == 1:
-            x = x.repeat(2, 1)
-        _, stems = separator.separate_tensor(x, separator.samplerate)
-        bg = sum(v for k, v in stems.items() if k != "vocals")
-        bg = torchaudio.functional.resample(bg, separator.samplerate, sample_rate)[: wave.shape[0]]
-        return bg.mean(0, keepdim=True).numpy()[:, : wave.shape[1]] if wave.shape[0] == 1 else bg.numpy()
-
-    return separate
+    return demucs_separator(model, repo=repo, device=device)
 
 
 register_plugin("tts", "espeak", EspeakTTS)

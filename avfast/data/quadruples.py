@@ -75,8 +75,8 @@ class QuadruplePlan:
     secondary: Window | None
 
 
-def _secondary_language(clip: Clip, variant: Variant, rng: np.random.Generator, step: int | None) -> str:
-    primary = clip.primary
+def _secondary_language(clip: Clip, primary: str, variant: Variant, rng: np.random.Generator,
+                        step: int | None) -> str:
     if variant.secondary == "same":
         return primary
     dubs = [lang for lang in clip.languages if lang != primary]
@@ -97,9 +97,11 @@ def _secondary_language(clip: Clip, variant: Variant, rng: np.random.Generator, 
 
 
 def plan_quadruple(clip: Clip, variant: Variant, window: float, rng: np.random.Generator,
-                   step: int | None = None) -> QuadruplePlan:
-    """Windows and tracks of one example from ``clip`` (a shot). Raises ``DataError`` when the shot
-    is shorter than ``window`` or the variant needs a track the shot lacks."""
+                   step: int | None = None, primary: str | None = None) -> QuadruplePlan:
+    """Windows and tracks of one example from ``clip`` (a shot). ``primary``: the primary language
+    (seed 001 B.3: ``en``; default the clip's own ``primary``); dubs are the other languages.
+    Raises ``DataError`` when the shot is shorter than ``window`` or the variant needs a track the
+    shot lacks (the primary language included)."""
     if clip.duration < window - 1e-6:
         raise DataError(clip.video, f"shot [{clip.start:.3f}, {clip.end:.3f}) s is {clip.duration:.3f} s, "
                                     f"shorter than the {window} s window")
@@ -107,9 +109,14 @@ def plan_quadruple(clip: Clip, variant: Variant, window: float, rng: np.random.G
         raise DataError(clip.video, "variant no_speech needs a separated track ('separated' in the manifest)")
     if clip.primary is None:
         raise DataError(clip.video, "clip has no audio track")
+    language = primary or clip.primary
+    if language not in clip.audio and not variant.separated:
+        raise DataError(clip.video, f"no track in the primary language {language!r} (data.primary_language); "
+                                    f"tracks: {clip.languages}")
     slack = clip.duration - window
     starts = clip.start + slack * rng.random(2)
-    primary = Window(float(starts[0]), window, "separated" if variant.separated else clip.primary)
+    first = Window(float(starts[0]), window, "separated" if variant.separated else language)
     if variant.secondary == "none":
-        return QuadruplePlan(primary, None)
-    return QuadruplePlan(primary, Window(float(starts[1]), window, _secondary_language(clip, variant, rng, step)))
+        return QuadruplePlan(first, None)
+    second = _secondary_language(clip, language, variant, rng, step)
+    return QuadruplePlan(first, Window(float(starts[1]), window, second))

@@ -1,9 +1,13 @@
 """``SameSourceBatchSampler``: batches where a fixed share of clips comes from one source (movie).
 
 Seed 001 builds every minibatch so that 1/8 of it comes from one long-form source: hard negatives
-for the contrastive loss. Here each rank's local batch of ``B`` clips holds ``k = ceil(fraction * B)``
-clips of one source, drawn per (seed, epoch, rank, step) among the sources that still have ``k``
-unused clips (weighted by how many they have), and ``B - k`` clips taken in a random order.
+for the contrastive loss; its controlled setup (B.3) instead gives a count, k = 12 of the 26 clips
+per GPU. Here each rank's local batch of ``B`` clips holds exactly ``k`` clips of one source
+(``same_source_count``, or ``ceil(fraction * B)``), drawn per (seed, epoch, rank, step) among the
+sources that still have ``k`` unused clips (weighted by how many they have), and ``B - k`` clips
+taken in a random order from the *other* sources, so the count is exact, not exact by chance. Our
+reading of "k samples drawn from the same movie as the positive clip": the k clips include the
+anchor, so each of them meets k - 1 same-movie negatives in its batch.
 
 The epoch is one global plan that every rank computes identically from (seed, epoch): step by
 step, rank by rank, clips are taken without replacement, so ranks are disjoint, no clip repeats in
@@ -41,32 +45,43 @@ class _EpochPool:
         self.codes = source_codes
         self.left = len(source_codes)
 
-    def _take_next(self, seq: np.ndarray, cursor: int, n: int) -> tuple[list[int], int]:
-        """The next ``n`` unused clips of ``seq`` from ``cursor`` (vectorised scan); marks them used."""
+    def _take_next(self, seq: np.ndarray, cursor: int, n: int, exclude: int | None = None) -> tuple[list[int], int]:
+        """The next ``n`` unused clips of ``seq`` from ``cursor`` (vectorised scan), skipping source
+        ``exclude``; marks them used. The returned cursor never passes an unused clip."""
         taken: list[np.ndarray] = []
         got = 0
+        first_skipped = None  # position of the first unused clip passed over (of the excluded source)
         while got < n:
             chunk = seq[cursor: cursor + 2 * (n - got) + 8]
-            free = chunk[~self.used[chunk]]
+            if len(chunk) == 0:
+                raise RuntimeError("SameSourceBatchSampler: ran out of clips (internal accounting error)")
+            free_mask = ~self.used[chunk]
+            ok = free_mask if exclude is None else free_mask & (self.codes[chunk] != exclude)
+            free = chunk[ok]
             if len(free) >= n - got:
                 free = free[: n - got]
-                cursor = int(np.flatnonzero(chunk == free[-1])[0]) + cursor + 1
+                end = int(np.flatnonzero(chunk == free[-1])[0]) + 1
             else:
-                cursor += len(chunk)
+                end = len(chunk)
+            if first_skipped is None and exclude is not None:
+                skipped = np.flatnonzero((free_mask & ~ok)[:end])
+                if len(skipped):
+                    first_skipped = cursor + int(skipped[0])
+            cursor += end
             taken.append(free)
             got += len(free)
             self.used[free] = True
         out = np.concatenate(taken) if taken else np.zeros(0, np.int64)
         np.subtract.at(self.remaining, self.codes[out], 1)
         self.left -= len(out)
-        return out.tolist(), cursor
+        return out.tolist(), cursor if first_skipped is None else first_skipped
 
     def take_from_source(self, source: int, k: int) -> list[int]:
         out, self.source_cursor[source] = self._take_next(self.per_source[source], int(self.source_cursor[source]), k)
         return out
 
-    def take_random(self, n: int) -> list[int]:
-        out, self.cursor = self._take_next(self.order, self.cursor, n)
+    def take_random(self, n: int, exclude: int | None = None) -> list[int]:
+        out, self.cursor = self._take_next(self.order, self.cursor, n, exclude)
         return out
 
 
@@ -78,6 +93,7 @@ class SameSourceBatchSampler:
         batch_size: the local batch size of each rank.
         same_source_fraction: share of each local batch from one source; ``k = ceil(fraction *
             batch_size)`` clips (0 turns the grouping off). Paper: 1/8.
+        same_source_count: exact ``k`` (overrides the fraction; seed 001's controlled setup: 12 of 26).
         seed: base seed; the plan is a function of (seed, epoch) only.
         num_replicas, rank: world size and this process's rank.
 
@@ -86,9 +102,11 @@ class SameSourceBatchSampler:
     """
 
     def __init__(self, source_ids: Sequence, batch_size: int, same_source_fraction: float = 0.125, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, *, same_source_count: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 ({batch_size} given)")
+        if same_source_count is not None and not 0 <= same_source_count <= batch_size:
+            raise ValueError(f"same_source_count must be in [0, batch_size={batch_size}] ({same_source_count} given)")
         if not 0.0 <= same_source_fraction <= 1.0:
             raise ValueError(f"same_source_fraction must be in [0, 1] ({same_source_fraction} given)")
         if not 0 <= rank < num_replicas:
@@ -103,6 +121,7 @@ class SameSourceBatchSampler:
         self.num_sources = len(names)
         self.batch_size = batch_size
         self.fraction = same_source_fraction
+        self.count = same_source_count
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
@@ -116,8 +135,13 @@ class SameSourceBatchSampler:
 
     @property
     def group_size(self) -> int:
-        """Clips per local batch from the one drawn source: ``ceil(fraction * batch_size)``."""
-        return math.ceil(self.fraction * self.batch_size - 1e-9)
+        """Clips per local batch from the one drawn source: ``same_source_count`` or ``ceil(fraction * batch_size)``."""
+        return self._group(self.batch_size)
+
+    def _group(self, batch: int) -> int:
+        if self.count is not None:
+            return min(self.count, batch)
+        return math.ceil(self.fraction * batch - 1e-9)
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` (a resumed position in the same epoch is kept)."""
@@ -141,16 +165,16 @@ class SameSourceBatchSampler:
         return int(np.searchsorted(np.cumsum(eligible), rng.random() * total, side="right"))
 
     def _batch(self, pool: _EpochPool, world: int, batch: int, step: int, rank: int) -> list[int] | None:
-        k = math.ceil(self.fraction * batch - 1e-9)
+        k = self._group(batch)
         if pool.left < batch:
             return None
-        group: list[int] = []
-        if k > 0:
-            source = self._draw_source(pool, k, step, rank)
-            if source is None:
-                return None
-            group = pool.take_from_source(source, k)
-        return group + pool.take_random(batch - k)
+        if k == 0:
+            return pool.take_random(batch)
+        source = self._draw_source(pool, k, step, rank)
+        if source is None or pool.left - pool.remaining[source] < batch - k:
+            return None  # no group left, or too few clips of other sources to fill the batch
+        group = pool.take_from_source(source, k)
+        return group + pool.take_random(batch - k, exclude=source)
 
     def _plan(self) -> list[list[int]]:
         """This rank's remaining batches of the current epoch (replaying the recorded segments)."""

@@ -15,6 +15,9 @@ Layout written under ``out_dir``::
     movies/m000.mp4                 H.264 video + one FLAC track per language (language-tagged)
     movies/m000.<lang>.flac         each language track (the manifest points here)
     movies/m000.sep.flac            the background without speech (the "no-speech" variant)
+
+Labels per shot (for probes): ``shapes`` (sorted kinds), ``kind`` and ``colour`` of the largest
+shape (its colour is its note). A held-out set is the same recipe with another ``seed``.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ _VOICE_STYLE = {"en": (120.0, 4.5), "es": (150.0, 6.0), "fr": (135.0, 5.2), "ja"
 _PALETTE = np.array([[230, 40, 40], [40, 190, 60], [50, 90, 235], [245, 215, 40], [200, 60, 220], [40, 210, 220],
                      [245, 140, 30], [250, 250, 250]], np.uint8)
 _NOTES = np.array([220.0, 277.2, 349.2, 440.0, 554.4, 698.5, 880.0, 1108.7])
+_COLOUR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "white")
 _VOWEL_FORMANTS = np.array([[730, 1090], [270, 2290], [300, 870], [530, 1840], [570, 840]], np.float64)
 
 
@@ -92,6 +96,7 @@ class _Shape:
     pos: np.ndarray  # (x, y) pixels
     vel: np.ndarray  # pixels per second
     tone: float  # Hz at mid-height: the colour's note
+    colour: str = ""  # the palette colour's name (a probe label)
 
 
 def _fit(wave: np.ndarray, n: int) -> np.ndarray:
@@ -117,7 +122,7 @@ class _ShotRenderer:
                    radius=float(rng.uniform(0.06, 0.16) * height),
                    pos=rng.uniform([0.2 * width, 0.2 * height], [0.8 * width, 0.8 * height]),
                    vel=rng.uniform(-1, 1, 2) * np.array([width, height]) * 0.5,
-                   tone=float(_NOTES[c]))
+                   tone=float(_NOTES[c]), colour=_COLOUR_NAMES[c])
             for c in colors
         ]
         self.track, self.bounces = self._simulate()
@@ -179,6 +184,12 @@ class _ShotRenderer:
                     out[k:k + m] += 0.3 * np.exp(-np.arange(m) / (0.004 * self.sr)) * np.sin(
                         2 * np.pi * 1800 * np.arange(m) / self.sr)
         return (0.6 * out / max(1.0, np.abs(out).max())).astype(np.float32)
+
+
+def _labels(shapes: list[_Shape]) -> dict:
+    """Probe labels of a shot: every shape's kind, and the kind and colour (= note) of the largest."""
+    big = max(shapes, key=lambda sh: sh.radius)
+    return {"shapes": sorted(sh.kind for sh in shapes), "kind": big.kind, "colour": big.colour}
 
 
 def _envelope(wave: np.ndarray, sample_rate: int, fps: float, frames: int) -> np.ndarray:
@@ -293,7 +304,7 @@ def make_demo_data(out_dir, *, num_movies: int = 12, shots_per_movie: int = 4, s
                               audio={lang: f"movies/{name}.{lang}.flac" for lang in langs},
                               source=name, start=round(t0, 6), end=round(end, 6), primary=langs[0],
                               separated=f"movies/{name}.sep.flac",
-                              labels={"shapes": sorted(sh.kind for sh in shot.shapes)}))
+                              labels=_labels(shot.shapes)))
             t0 = end
         waves = {lang: np.concatenate(v) for lang, v in tracks.items()}
         for lang, wave in waves.items():

@@ -39,7 +39,7 @@ from avfast.models.mit import MixTransformer, load_state_dict_file, mit_b0, mit_
 from avfast.nn.attention import BidirectionalCrossAttention, CrossModalAttention
 from avfast.ops import MelConfig, contrastive_loss, mel_spectrogram
 
-__all__ = ["TASKS", "ICLAVSConfig", "ICLAVSLossConfig", "ICLAVSModel", "ICLAVSLoss", "ChannelCrossAttention",
+__all__ = ["ICLAVSConfig", "ICLAVSLossConfig", "ICLAVSModel", "ICLAVSLoss", "ChannelCrossAttention",
            "ImplicitText", "SemanticCounterfactual", "MelAudioEncoder", "SegFormerAudioHead", "masked_average_pool",
            "dice_loss", "focal_loss", "kl_standard_normal", "orthogonality_loss", "time_window",
            "build_icl_avs", "icl_avs_baseline", "icl_avs_tiny"]
@@ -282,10 +282,11 @@ class ICLAVSModel(nn.Module):
         self.audio_proj = nn.Sequential(nn.Linear(c.audio_dim, c.dim), nn.LayerNorm(c.dim))
         self.top_proj = nn.Conv2d(chans[-1], c.dim, 1)
         self.channel_attn = ChannelCrossAttention(c.dim)
-        self.temporal = CrossModalAttention(c.dim, c.heads, c.dropout, backend=c.backend) if c.temporal_attention else None
-        self.temporal_norm = nn.LayerNorm(c.dim)
+        self.temporal = (CrossModalAttention(c.dim, c.heads, c.dropout, backend=c.backend)
+                         if c.temporal_attention else None)
+        self.temporal_norm = nn.LayerNorm(c.dim) if c.temporal_attention else None
         self.text = ImplicitText(c.dim, c.heads, c.k_text, c.backend) if c.implicit_text else None
-        self.counterfactual = SemanticCounterfactual(c.dim, c.latent_dim, c.counterfactual) if c.implicit_text else None
+        self.semantic = SemanticCounterfactual(c.dim, c.latent_dim, c.counterfactual) if c.implicit_text else None
         self.interaction = BidirectionalCrossAttention(c.dim, c.heads, dropout=c.dropout, backend=c.backend)
         self.head = SegFormerAudioHead(tuple(chans[:-1]) + (c.dim,), c.dim, c.classes)
 
@@ -339,7 +340,7 @@ class ICLAVSModel(nn.Module):
         text = text_cf = None
         if self.text is not None:
             query = (a + top.mean((-2, -1))).view(b, t, -1)
-            sc = self.counterfactual(self.text(query, time_window(t, self.config.divisor)).flatten(0, 1))
+            sc = self.semantic(self.text(query, time_window(t, self.config.divisor)).flatten(0, 1))
             text, text_cf = sc["text"], sc.get("text_cf")
             out.update({k: sc[k] for k in ("z", "z_cf", "mu", "logvar") if k in sc})
             out["text"] = text
@@ -451,7 +452,8 @@ class ICLAVSLoss(nn.Module):
         self.config = config
 
     def _nce(self, x, y, ids):
-        return contrastive_loss(x.float(), y.float(), tau=self.config.tau, positive_ids=ids, backend=self.config.backend)
+        return contrastive_loss(x.float(), y.float(), tau=self.config.tau, positive_ids=ids,
+                                backend=self.config.backend)
 
     def _rows(self, out, masks, valid, suffix, b, t):
         """(v, a, l, ids) rows of one branch for the contrast strategy."""
@@ -476,7 +478,8 @@ class ICLAVSLoss(nn.Module):
         has_cf = "logits_cf" in out
         if has_cf and cfg.cf:
             effect = sel_logits - out["logits_cf"][valid]
-            terms["cf"] = (F.binary_cross_entropy_with_logits(effect, sel_masks.float()) if effect.dim() == sel_masks.dim()
+            binary = effect.dim() == sel_masks.dim()
+            terms["cf"] = (F.binary_cross_entropy_with_logits(effect, sel_masks.float()) if binary
                            else F.cross_entropy(effect, sel_masks.long()))
         if "z_cf" in out and cfg.ortho:
             terms["ortho"] = orthogonality_loss(out["z"], out["z_cf"])

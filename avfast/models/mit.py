@@ -212,7 +212,8 @@ def load_state_dict_file(module: nn.Module, path, *, prefix: str = "") -> nn.Mod
                          f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
     wrong = [k for k in own if own[k].shape != state[k].shape]
     if wrong:
-        raise ValueError(f"{path}: shape mismatch for {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:4]]}")
+        shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:4]]
+        raise ValueError(f"{path}: shape mismatch (key, file, model) for {shapes}")
     module.load_state_dict(state, strict=True)
     return module
 

@@ -164,10 +164,27 @@ class MelConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "MelConfig":
-        """A seed preset (``ast``, ``dub``, ``event``) with ``overrides``, e.g. ``preset("dub", masks=True)``."""
+        """A seed preset (``ast``, ``dub``, ``event``) with ``overrides``, e.g. ``preset("dub", masks=True)``.
+
+        A ``sample_rate`` other than the preset's keeps the window and hop in seconds (rounded to
+        samples), ``n_fft`` the next power of two >= the window and ``f_max`` at most Nyquist, unless
+        those are overridden too: ``preset("dub", sample_rate=44100)`` has win_length 941, n_fft 1024,
+        hop 460, f_max Nyquist and 288 frames for 3 s, as the 48 kHz preset.
+        """
         if name not in PRESETS:
             raise ValueError(f"unknown mel preset {name!r}; presets: {', '.join(PRESETS)}")
-        return dataclasses.replace(PRESETS[name], **overrides)
+        base = PRESETS[name]
+        rate = overrides.get("sample_rate", base.sample_rate)
+        if rate != base.sample_rate and rate > 0 and not {"n_fft", "win_length"} <= set(overrides):
+            scale = rate / base.sample_rate
+            timing: dict = {"hop_length": max(1, round(base.hop * scale))}
+            if "n_fft" not in overrides:  # the window in seconds, the FFT the next power of two
+                win = overrides.get("win_length") or max(1, round(base.win * scale))
+                timing.update(win_length=win, n_fft=1 << (win - 1).bit_length())
+            if base.f_max is not None:
+                timing["f_max"] = min(base.f_max, rate / 2)
+            overrides = {**timing, **overrides}
+        return dataclasses.replace(base, **overrides)
 
 
 PRESETS: dict[str, MelConfig] = {

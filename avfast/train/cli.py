@@ -39,42 +39,101 @@ def _evaluate(cfg, model, manifest: str, info, probe_manifest: str | None = None
     emb = embed_clips(model, clips.loader(cfg.eval.batch_size, cfg.data.num_workers), info.device, dtype)
     results = {"retrieval": retrieval_metrics(emb, cfg.eval.ks, chunk_size=cfg.eval.chunk_size,
                                               backend=cfg.eval.backend)}
+    held_out = _held_out(cfg, manifest)
+    results["held_out"] = held_out
     if info.is_main:
-        print(f"retrieval {label}on {clips.total} clips:")
+        where = "held-out clips (no movie file shared with training)" if held_out else "clips"
+        print(f"retrieval {label}on {clips.total} {where}:")
         print("\n".join(_format_retrieval(results["retrieval"])))
     if probe_manifest:
-        results["probe"] = _probe(cfg, model, probe_manifest, info)
+        results["probe"] = _probe(cfg, model, probe_manifest, info, label)
     return results
 
 
-def _probe(cfg, model, manifest: str, info) -> dict:
-    """Linear probe per embedding on the labelled manifest (``eval.probe_label``; 1 in 5 clips test)."""
+def _held_out(cfg, manifest: str) -> bool:
+    """True when no video file of ``manifest`` is in the training manifest (``data.manifest``)."""
+    from avfast.data import read_manifest
+
+    if not cfg.data.manifest:
+        return False
+    train = {str(Path(c.video).resolve()) for c in read_manifest(cfg.data.manifest)}
+    return not any(str(Path(c.video).resolve()) in train for c in read_manifest(manifest))
+
+
+def _probe(cfg, model, manifest: str, info, label: str = "") -> dict:
+    """Linear and MLP probes on the labelled manifest, per task and modality (seed 001's evaluation).
+
+    Features: the backbones' pre-projection features (``eval.probe_features``), pseudo-stereo audio,
+    embedded once for every task. Tasks: ``eval.probe_split`` (ESC-50 folds, UCF101 split 1,
+    VGGSound test csv) or, without one, each label of ``eval.probe_label`` (comma-separated) with
+    every ``eval.probe_test_every``-th movie's clips held out for test. Each fold's hyper-parameters
+    are chosen on validation clips carved from its training clips.
+    Returns ``{task: {"features", "classes", modality: {kind: {"top1", "mean_per_class", ...}}}}``."""
     from avfast.train.data import EvalClips
     from avfast.train.distributed import all_gather_cat
-    from avfast.train.evaluate import embed_clips, linear_probe
+    from avfast.train.evaluate import embed_clips, read_split
 
+    e = cfg.eval
     clips = EvalClips(cfg, manifest, with_video=cfg.model.video is not None, rank=info.rank,
                       world_size=info.world_size)
-    emb = embed_clips(model, clips.loader(cfg.eval.batch_size, cfg.data.num_workers), info.device)
-    names = clips.labels(cfg.eval.probe_label)
-    index = {name: i for i, name in enumerate(sorted({n for n in names if n is not None}))}
-    if not index:
-        raise ValueError(f"{manifest}: no clip has label {cfg.eval.probe_label!r} (set eval.probe_label)")
-    y = all_gather_cat(torch.tensor([index.get(n, -1) for n in names]))
-    clip = all_gather_cat(emb["clip"])
-    keep = y >= 0
-    test = keep & (clip % 5 == 0)
-    train = keep & ~test
+    emb = embed_clips(model, clips.loader(e.batch_size, cfg.data.num_workers), info.device,
+                      features=e.probe_features == "backbone")
+    ids = all_gather_cat(emb["clip"]).cpu()
+    manifest_clips = [clips.dataset.clips[i] for i in ids.tolist()]
+    feats = {name: all_gather_cat(emb[key]).cpu().float() for key, name in (("v", "video"), ("a", "audio")) if key in emb}
+    if len(feats) == 2:
+        feats["audio+video"] = torch.cat([feats["audio"], feats["video"]], 1)
+    tasks = []  # (name, class name per clip, folds)
+    if e.probe_split:
+        split = read_split(e.probe_split)
+        names = [split.key(c) for c in manifest_clips]
+        folds = [(torch.tensor([n in tr for n in names]), torch.tensor([n in te for n in names]))
+                 for tr, te in split.folds]
+        tasks.append((split.name, [split.labels.get(n) for n in names], folds))
+    else:
+        sources = torch.tensor([clips.dataset.source_ids[i] for i in ids.tolist()])
+        test = sources % e.probe_test_every == 0  # whole movies on one side
+        for key in [k.strip() for k in e.probe_label.split(",") if k.strip()]:
+            values = [c.labels.get(key) for c in manifest_clips]
+            values = ["+".join(sorted(map(str, v))) if isinstance(v, (list, tuple)) else v for v in values]
+            tasks.append((key, values, [(~test, test)]))
     out = {}
-    for key, name in (("v", "video"), ("a", "audio")):
-        if key in emb:
-            x = all_gather_cat(emb[key]).cpu()
-            out[name] = linear_probe(x[train], y[train], x[test], y[test], epochs=cfg.eval.probe_epochs,
-                                     lr=cfg.eval.probe_lr, seed=cfg.train.seed)
-    if info.is_main:
-        for name, r in out.items():
-            print(f"linear probe ({cfg.eval.probe_label}, {r['classes']} classes) {name}: "
-                  f"test accuracy {r['test_acc']:.1f}% (train {r['train_acc']:.1f}%)")
+    for task, classes, folds in tasks:
+        out[task] = _probe_task(cfg, feats, ids, classes, folds, f"{manifest}: probe task {task!r}")
+        if info.is_main:
+            r = out[task]
+            for name in feats:
+                parts = "  ".join(f"{k} top-1 {r[name][k]['top1']:5.1f}% (mean/class {r[name][k]['mean_per_class']:5.1f}%)"
+                                  for k in e.probe_kinds)
+                sp = r[name]["split"]
+                print(f"  {label}probe {task} ({r['classes']} classes, chance {100.0 / r['classes']:.1f}%, "
+                      f"{sp['fit']}/{sp['val']}/{sp['test']} fit/val/test, {len(folds)} fold(s)) {name}: {parts}")
+    return out
+
+
+def _probe_task(cfg, feats: dict, ids, classes: list, folds: list, what: str) -> dict:
+    """One task's probes per modality, averaged over its folds."""
+    from avfast.train.evaluate import LINEAR_GRID, probe_task
+
+    e = cfg.eval
+    index = {name: i for i, name in enumerate(sorted({str(n) for n in classes if n is not None}))}
+    if not index:
+        raise ValueError(f"{what}: no clip has a label")
+    y = torch.tensor([index[str(n)] if n is not None else -1 for n in classes])
+    linear_grid = tuple({**g, "lr": e.probe_lr * g["lr"] / LINEAR_GRID[0]["lr"]} for g in LINEAR_GRID)
+    out: dict = {"features": e.probe_features, "classes": len(index)}
+    for name, x in feats.items():
+        per_fold = [probe_task(x, y, ids, tr & (y >= 0), te & (y >= 0), val_fraction=e.probe_val_fraction,
+                               kinds=tuple(e.probe_kinds), linear_grid=linear_grid, linear_epochs=e.probe_epochs,
+                               mlp_epochs=e.probe_mlp_epochs, seed=cfg.train.seed)
+                    for tr, te in folds]
+        out[name] = {"split": per_fold[0]["split"]}
+        for kind in e.probe_kinds:
+            accs = torch.tensor([f[kind]["test_acc"] for f in per_fold])
+            mpc = torch.tensor([f[kind]["test_mean_per_class"] for f in per_fold])
+            out[name][kind] = {"top1": float(accs.mean()), "top1_std": float(accs.std(unbiased=False)),
+                               "mean_per_class": float(mpc.mean()), "folds": len(per_fold),
+                               "params": [f[kind]["params"] for f in per_fold]}
     return out
 
 
@@ -120,7 +179,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         eval_manifest = cfg.data.eval_manifest or cfg.data.manifest
         report = {}
         if args.eval and cfg.eval.before_training and trainer.step == 0:
-            report["before"] = _evaluate(cfg, trainer.model, eval_manifest, info, label="before training ")
+            report["before"] = _evaluate(cfg, trainer.model, eval_manifest, info, cfg.data.probe_manifest,
+                                         label="before training ")
         summary = trainer.train()
         trainer.close()
         if info.is_main:
@@ -151,6 +211,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     sets = list(args.set or [])
     if args.probe:
         sets.append(f"data.probe_manifest={args.probe}")
+    if args.probe_split:
+        sets.append(f"eval.probe_split={args.probe_split}")
     cfg = config_from_dict(apply_overrides(state["config"], sets))
     info = init_distributed(args.device)
     try:
@@ -180,7 +242,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="retrieval R@k / median rank and optional linear probe of a checkpoint")
     p.add_argument("--checkpoint", required=True, help="checkpoint file, or a run/checkpoint directory (latest)")
     p.add_argument("--data", required=True, help="manifest of the clips to retrieve among")
-    p.add_argument("--probe", default=None, help="labelled manifest for the linear probe")
+    p.add_argument("--probe", default=None, help="labelled manifest for the linear and MLP probes")
+    p.add_argument("--probe-split", default=None,
+                   help="standard split: esc50:meta/esc50.csv | ucf101:ucfTrainTestlist | vggsound:vggsound.csv")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config entry")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--device", default="auto")

@@ -26,7 +26,7 @@ __all__ = ["Config", "ModelConfig", "DataConfig", "LossConfig", "OptimConfig", "
 # seed 001's pretraining variants (supplementary B.3)
 VARIANTS = ("monolingual", "bilingual", "multilingual", "no_speech", "audio_only")
 OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "step", "multistep", "constant")
+SCHEDULES = ("cosine", "step", "multistep", "constant", "plateau")
 
 
 class ConfigError(ValueError):
@@ -37,7 +37,9 @@ class ConfigError(ValueError):
 class ModelConfig:
     video: str | None = "x3d_m"  # None (or "none") for the audio-only variant
     audio: str = "acoustic_resnet50"
-    shared_audio: bool = False  # one audio encoder for primary and secondary audio
+    # seed 001 B.3: one audio backbone for primary and dubbed audio, separate heads ("backbone");
+    # "all": backbone and head shared; "none": two audio towers (model.shared_audio false, before)
+    audio_sharing: str = "backbone"
     embed_dim: int = 512
     head_hidden: int | None = None
     norm: str = "batch"  # "group": independent of how the batch is split across processes
@@ -54,7 +56,8 @@ class DataConfig:
     primary_language: str = "en"
     secondary_languages: list = field(default_factory=list)  # empty: every other track
     batch_size: int = 64  # per process
-    same_source_fraction: float = 0.125
+    same_source_fraction: float = 0.125  # ceil(fraction * batch_size) clips of one movie per batch
+    same_source_count: int | None = None  # exact clips of one movie per batch (overrides the fraction)
     num_workers: int = 8
     clip_seconds: float = 3.0
     num_frames: int = 16
@@ -89,12 +92,13 @@ class OptimConfig:
     momentum: float = 0.9  # sgd
     nesterov: bool = False  # sgd
     epochs: float = 12.0
-    schedule: str = "cosine"  # cosine (half-cosine to min_lr_ratio) | step | multistep | constant
+    schedule: str = "cosine"  # cosine (half-cosine to min_lr_ratio) | step | multistep | constant | plateau
     warmup_epochs: float = 2.0  # linear warm-up before any schedule
     min_lr_ratio: float = 0.0  # cosine: final lr / lr
     step_size: float = 0.0  # step: epochs between decays
     milestones: list = field(default_factory=list)  # multistep: epochs at which lr *= gamma
-    gamma: float = 0.1  # step / multistep decay factor
+    gamma: float = 0.1  # step / multistep / plateau decay factor
+    plateau_patience: int = 3  # plateau: evaluations without gain in train.early_stopping_metric before lr *= gamma
     grad_accum: int = 1
     clip_grad_norm: float = 0.0  # 0: no clipping
 
@@ -117,6 +121,9 @@ class TrainConfig:
     early_stopping_patience: int = 0  # evaluations without improvement before stopping (0: off)
     early_stopping_metric: str = ""  # key of the family's evaluation dict (needs eval_every > 0)
     early_stopping_mode: str = "max"  # max | min
+    # seed 001: workers decode, crop and draw the SpecAugment masks; the masked dB-mel of the batch is
+    # one ops.mel_spectrogram call on the training device. null: on when CUDA is available.
+    mel_on_device: bool | None = None
 
 
 @dataclass
@@ -127,9 +134,15 @@ class EvalConfig:
     before_training: bool = True
     chunk_size: int = 4096  # queries per affinity_topk call
     backend: str = "auto"
-    probe_label: str = "shapes"  # key of the manifest's "labels" used as the probe's class
-    probe_epochs: int = 200
-    probe_lr: float = 0.2
+    probe_label: str = "shapes"  # key(s) of the manifest's "labels", comma-separated: one probe task each (no probe_split)
+    probe_test_every: int = 5  # no probe_split: every n-th movie (source) is the probe's test set
+    probe_split: str | None = None  # esc50:meta/esc50.csv | ucf101:ucfTrainTestlist | vggsound:vggsound.csv
+    probe_features: str = "backbone"  # backbone: pre-projection 1024-d features (the paper) | head: 512-d outputs
+    probe_kinds: list = field(default_factory=lambda: ["linear", "mlp"])
+    probe_val_fraction: float = 0.2  # carved from the training split for the grid search (never test)
+    probe_epochs: int = 200  # linear probe (B.3: SGD, lr 0.2, cosine, 200 epochs)
+    probe_lr: float = 0.2  # the linear grid searches lr in {probe_lr, probe_lr / 4} x weight decay {0, 1e-3}
+    probe_mlp_epochs: int = 100
 
 
 @dataclass
@@ -173,6 +186,9 @@ class Config:
                        ("train.early_stopping_mode", t.early_stopping_mode, ("max", "min"))])
         if o.schedule == "multistep" and not o.milestones:
             raise ConfigError("optim.schedule 'multistep' needs optim.milestones (epochs), e.g. [20, 30]")
+        if o.schedule == "plateau" and not (t.eval_every and t.early_stopping_metric and o.plateau_patience >= 1):
+            raise ConfigError("optim.schedule 'plateau' needs train.eval_every > 0, train.early_stopping_metric "
+                              "(the validation metric it watches) and optim.plateau_patience >= 1")
         if t.early_stopping_patience and not (t.eval_every and t.early_stopping_metric):
             raise ConfigError("train.early_stopping_patience needs train.eval_every > 0 and "
                               "train.early_stopping_metric (a key of the family's evaluation)")
@@ -210,7 +226,17 @@ def validate_dub(cfg: Config) -> None:
     check_ranges(cfg, [("data.batch_size", cfg.data.batch_size >= 1), ("loss.tau", cfg.loss.tau > 0),
                        ("loss.source_weight", cfg.loss.source_weight > 0)])
     check_choices([("loss.gather", cfg.loss.gather, ("none", "all_gather", "ring")),
-                   ("model.norm", cfg.model.norm, ("batch", "group"))])
+                   ("model.norm", cfg.model.norm, ("batch", "group")),
+                   ("model.audio_sharing", cfg.model.audio_sharing, ("backbone", "all", "none"))])
+    check_choices([("eval.probe_features", cfg.eval.probe_features, ("backbone", "head"))])
+    check_ranges(cfg, [("eval.probe_test_every", cfg.eval.probe_test_every >= 2)])
+    bad = [k for k in cfg.eval.probe_kinds if k not in ("linear", "mlp")]
+    if bad or not 0 < cfg.eval.probe_val_fraction < 1:
+        raise ConfigError(f"eval.probe_kinds must be a subset of [linear, mlp] and eval.probe_val_fraction in (0, 1) "
+                          f"({cfg.eval.probe_kinds}, {cfg.eval.probe_val_fraction} given)")
+    count = cfg.data.same_source_count
+    if count is not None and not 0 <= count <= cfg.data.batch_size:
+        raise ConfigError(f"data.same_source_count must be in [0, data.batch_size={cfg.data.batch_size}] ({count} given)")
 
 
 def _get(obj: Any, dotted: str) -> Any:
@@ -278,9 +304,19 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(f"{key} expects {hint} ({value!r} given)")
 
 
+# keys that were replaced: a file using them gets an error naming the new key (null: ignored, so an
+# old checkpoint's config loads with --set KEY=null)
+RENAMED = {(ModelConfig, "shared_audio"): "model.audio_sharing: backbone | all | none (shared_audio true was 'all', "
+                                 "false was 'none'; seed 001 shares the backbone: 'backbone')"}
+
+
 def _fill(cls: type, data: dict, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    for name in [n for n in data if (cls, n) in RENAMED]:
+        if data[name] is not None:
+            raise ConfigError(f"{prefix}{name} was replaced by {RENAMED[cls, name]}")
+        data = {k: v for k, v in data.items() if k != name}
     unknown = sorted(set(data) - names)
     if unknown:
         section = prefix.rstrip(".") or "the config"

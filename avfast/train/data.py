@@ -11,7 +11,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["TensorSource", "DatasetSource", "ManifestSource", "EvalClips", "dataset_variant"]
+__all__ = ["TensorSource", "DatasetSource", "ManifestSource", "EvalClips", "dataset_variant", "mel_on_device"]
 
 
 class TensorSource:
@@ -76,6 +76,12 @@ def _data_config(cfg, **overrides):
     return _DatasetConfig(**kwargs)
 
 
+def mel_on_device(cfg) -> bool:
+    """``train.mel_on_device``, resolved (null: True when CUDA is available)."""
+    flag = getattr(cfg.train, "mel_on_device", None)
+    return torch.cuda.is_available() if flag is None else bool(flag)
+
+
 class ManifestSource:
     """Training batches of a manifest: ``QuadrupleDataset`` + ``SameSourceBatchSampler`` (per rank).
 
@@ -87,9 +93,11 @@ class ManifestSource:
         from avfast.data import QuadrupleDataset, build_loader
 
         d = cfg.data
-        self.dataset = QuadrupleDataset(manifest, dataset_variant(cfg), _data_config(cfg), train=True,
-                                        on_error=d.on_error, seed=cfg.train.seed)
+        wave = {"audio": "wave_masks"} if mel_on_device(cfg) and "audio" not in d.options else {}
+        self.dataset = QuadrupleDataset(manifest, dataset_variant(cfg), _data_config(cfg, **wave), train=True,
+                                        on_error=d.on_error, seed=cfg.train.seed, primary_language=d.primary_language)
         self.loader = build_loader(self.dataset, d.batch_size, same_source_fraction=d.same_source_fraction,
+                                   same_source_count=d.same_source_count,
                                    seed=cfg.train.seed, num_replicas=world_size, rank=rank,
                                    num_workers=d.num_workers, persistent_workers=d.num_workers > 0)
         self.sampler = self.loader.batch_sampler
@@ -102,6 +110,7 @@ class ManifestSource:
         self.clips_per_batch = d.batch_size * world_size
         self._epoch, self._start = 0, 0
         self._skipped = 0  # replaced bad clips in the batches trained on (counted here: workers' counters stay there)
+        self.video_decoder = _video_decoder(self.dataset, train=True)
 
     def batches(self, epoch: int, start: int):
         self.sampler.set_epoch(epoch)
@@ -111,7 +120,7 @@ class ManifestSource:
         self._epoch, self._start = epoch, start
         for batch in self.loader:
             self._skipped += int(batch["skipped"].sum())
-            yield batch
+            yield batch if self.video_decoder is None else self.video_decoder(batch)
 
     def state_dict(self) -> dict:
         return {"epoch": self._epoch, "start": self._start, "num_clips": len(self.dataset),
@@ -132,7 +141,8 @@ class EvalClips:
 
         variant = Variant("eval", secondary="dub" if with_secondary else "none", video=with_video)
         self.dataset = QuadrupleDataset(manifest, variant, _data_config(cfg), train=False,
-                                        on_error=cfg.data.on_error, seed=cfg.train.seed)
+                                        on_error=cfg.data.on_error, seed=cfg.train.seed,
+                                        primary_language=cfg.data.primary_language)
         n = len(self.dataset) if not max_clips else min(max_clips, len(self.dataset))
         self.indices = list(range(rank, n, world_size))
         self.total = n
@@ -140,8 +150,10 @@ class EvalClips:
     def loader(self, batch_size: int, num_workers: int = 0):
         from torch.utils.data import DataLoader, Subset
 
-        return DataLoader(Subset(self.dataset, self.indices), batch_size=batch_size, shuffle=False,
-                          num_workers=num_workers, collate_fn=_collate_eval)
+        loader = DataLoader(Subset(self.dataset, self.indices), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, collate_fn=_collate_eval)
+        decoder = _video_decoder(self.dataset, train=False)
+        return loader if decoder is None else map(decoder, loader)
 
     def labels(self, key: str) -> list:
         """``clip.labels[key]`` of this rank's clips (lists become a sorted '+'-joined string)."""
@@ -150,6 +162,15 @@ class EvalClips:
             value = self.dataset.clips[i].labels.get(key)
             out.append("+".join(sorted(map(str, value))) if isinstance(value, (list, tuple)) else value)
         return out
+
+
+def _video_decoder(dataset, train: bool):
+    """``reader: dali``: the batched GPU decoder of the workers' video specs (else None)."""
+    if dataset.config.reader != "dali" or not dataset.variant.video:
+        return None
+    from avfast.data.dali_batch import BatchVideoDecoder
+
+    return BatchVideoDecoder(dataset.config, train=train)
 
 
 def _collate_eval(items: list[dict]) -> dict:

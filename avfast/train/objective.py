@@ -12,6 +12,10 @@ no_speech     v, a_p (speech-free track)             NCE(v, a_p)
 audio_only    a_p, a_s                               NCE(a_p, a_s)
 ============  =====================================  ==========================================
 
+With ``train.mel_on_device`` the batch holds waves and the SpecAugment masks the workers drew
+(``audio_freq_masks`` / ``audio_time_masks``, same for ``audio_s``): ``device_mel`` turns them into
+the masked dB-mel with one ``ops.mel_spectrogram`` call per audio entry on the training device.
+
 ``source_ids`` (the movie of each clip, from the same-source sampler) are passed to the loss, which
 weighs same-source negatives by ``loss.source_weight`` (1 = plain InfoNCE, the seed's setting: the
 sampler alone makes those hard negatives frequent). Under DDP the negatives of every rank enter
@@ -25,7 +29,7 @@ from torch import nn
 
 from avfast.train.config import LossConfig
 
-__all__ = ["DubObjective", "MODEL_INPUTS", "BATCH_KEYS"]
+__all__ = ["DubObjective", "MODEL_INPUTS", "BATCH_KEYS", "device_mel"]
 
 # model argument -> batch entry (avfast.data.QuadrupleDataset's names)
 BATCH_KEYS = {"video": "video", "audio_p": "audio", "video_s": "video_s", "audio_s": "audio_s"}
@@ -39,6 +43,32 @@ MODEL_INPUTS = {
 }
 
 
+def device_mel(wave: torch.Tensor, freq_masks: torch.Tensor, time_masks: torch.Tensor, config) -> torch.Tensor:
+    """Masked mel of a batch on ``wave``'s device: wave (B, C, N), masks (B, n, 2) [start, end) mel rows
+    / frames (``avfast.data.device_mel_masks``) -> (B, C, n_mels, frames), what the worker path gives.
+
+    One ``ops.mel_spectrogram`` call (masks off), then the masked rows and frames take the op's mask
+    value (after its normalisation: ``(mask_value - mean) / std``)."""
+    import dataclasses
+
+    from avfast import ops
+
+    if config.mask_value == "mean":
+        raise NotImplementedError("device_mel: mask_value='mean' is not supported (the dub preset masks with 0)")
+    y = ops.mel_spectrogram(wave, dataclasses.replace(config, masks=False))
+    if freq_masks.shape[1] == 0 and time_masks.shape[1] == 0:
+        return y
+    rows = torch.arange(y.shape[-2], device=y.device)
+    frames = torch.arange(y.shape[-1], device=y.device)
+
+    def hits(axis, masks):
+        masks = masks.to(y.device)
+        return ((axis[None, None] >= masks[..., :1]) & (axis[None, None] < masks[..., 1:])).any(1)  # (B, len)
+
+    masked = hits(rows, freq_masks)[:, None, :, None] | hits(frames, time_masks)[:, None, None, :]
+    return y.masked_fill(masked, (float(config.mask_value) - config.mean) / config.std)
+
+
 class DubObjective(nn.Module):
     """``objective(model, batch) -> (loss, {"loss_va": ..., ...})`` for a ``DubModel`` and a variant.
 
@@ -46,7 +76,7 @@ class DubObjective(nn.Module):
     as the variant needs (see ``MODEL_INPUTS``, ``BATCH_KEYS``) and optionally ``source`` (B,) int64.
     """
 
-    def __init__(self, loss: LossConfig, variant: str, *, distributed: bool | None = None):
+    def __init__(self, loss: LossConfig, variant: str, *, distributed: bool | None = None, mel=None):
         super().__init__()
         from avfast.nn import DubContrastiveLoss  # the contrastive op's module (avfast.nn.contrastive)
 
@@ -55,13 +85,27 @@ class DubObjective(nn.Module):
         if distributed is None:
             distributed = dist.is_initialized() and dist.get_world_size() > 1
         self.variant = variant
+        self.mel = mel  # MelConfig of the data (for batches of waves + masks: mel on the training device)
         self.inputs = MODEL_INPUTS[variant]
         lambda_a = 1.0 if variant == "audio_only" else loss.lambda_a
         self.loss = DubContrastiveLoss(lambda_v=loss.lambda_v, lambda_a=lambda_a, tau=loss.tau,
                                        source_weight=loss.source_weight,
                                        gather=loss.gather if distributed else "none", backend=loss.backend)
 
+    def mel_on_device(self, batch: dict) -> dict:
+        """``batch`` with waves + masks (``train.mel_on_device``) turned into masked mel; else unchanged."""
+        keys = [k for k in ("audio", "audio_s") if k + "_freq_masks" in batch]
+        if not keys:
+            return batch
+        if self.mel is None:
+            raise ValueError("the batch holds waves and masks (train.mel_on_device) but the objective has no mel config")
+        out = dict(batch)
+        for k in keys:
+            out[k] = device_mel(batch[k], batch[k + "_freq_masks"], batch[k + "_time_masks"], self.mel)
+        return out
+
     def embed(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        batch = self.mel_on_device(batch)
         keys = [BATCH_KEYS[k] for k in self.inputs]
         missing = [k for k in keys if k not in batch]
         if missing:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from avfast.train.schedule import lr_multiplier
+from avfast.train.schedule import Multiplier
 
 __all__ = ["build_optimizer", "build_scheduler", "param_groups"]
 
@@ -42,5 +42,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim, total_steps: int,
     kwargs = dict(schedule=optim.schedule, total_steps=total, warmup_steps=warmup, min_ratio=optim.min_lr_ratio,
                   every=max(1, round(optim.step_size * steps_per_epoch)) if optim.schedule == "step" else 0,
                   boundaries=sorted(round(m * steps_per_epoch) for m in optim.milestones), gamma=optim.gamma)
-    lr_multiplier(0, **kwargs)  # validate now, not at the first step
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, **kwargs))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, Multiplier(**kwargs))

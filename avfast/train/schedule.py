@@ -9,7 +9,7 @@ import math
 
 import torch
 
-__all__ = ["warmup_cosine", "warmup_cosine_scheduler", "step_decay", "lr_multiplier"]
+__all__ = ["warmup_cosine", "warmup_cosine_scheduler", "step_decay", "lr_multiplier", "Multiplier"]
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
@@ -55,7 +55,7 @@ def lr_multiplier(step: int, *, schedule: str, total_steps: int, warmup_steps: i
     if schedule == "cosine":
         return warmup_cosine(step, total_steps, warmup_steps, min_ratio)
     warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-    if schedule == "constant":
+    if schedule in ("constant", "plateau"):  # plateau: the trainer scales the lr on a validation plateau
         return warm
     if schedule == "step":
         if every < 1:
@@ -64,3 +64,17 @@ def lr_multiplier(step: int, *, schedule: str, total_steps: int, warmup_steps: i
     if schedule == "multistep":
         return warm * step_decay(step, gamma, boundaries=sorted(boundaries))
     raise ValueError(f"schedule must be cosine, step, multistep or constant ({schedule!r} given)")
+
+
+class Multiplier:
+    """``lr_multiplier(step, **kwargs) * scale`` as a picklable callable for ``LambdaLR``.
+
+    ``scale`` is what a validation plateau lowers (``schedule: plateau``); ``LambdaLR.state_dict``
+    saves this object's attributes, so checkpoints keep it and resume stays exact."""
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.scale = kwargs, 1.0
+        lr_multiplier(0, **kwargs)  # validate now, not at the first step
+
+    def __call__(self, step: int) -> float:
+        return lr_multiplier(step, **self.kwargs) * self.scale

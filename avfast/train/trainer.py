@@ -324,6 +324,15 @@ class Trainer:
             return True
         return value > self.best if self.cfg.train.early_stopping_mode == "max" else value < self.best
 
+    def _lower_lr(self, factor: float) -> None:
+        """Scale the learning rate by ``factor`` from now on (a validation plateau)."""
+        for fn in self.scheduler.lr_lambdas:
+            fn.scale *= factor
+        for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * fn(self.scheduler.last_epoch)
+        self.log(f"no gain in {self.cfg.train.early_stopping_metric} for {self.bad_evaluations} evaluations: "
+                 f"lr x {factor} (now {self.optimizer.param_groups[0]['lr']:.3g})")
+
     def _end_of_epoch(self) -> None:
         """Periodic evaluation, early stopping and the hooks' ``on_epoch_end`` (every rank)."""
         t = self.cfg.train
@@ -342,6 +351,9 @@ class Trainer:
                         self.save("best")
                 else:
                     self.bad_evaluations += 1
+                    o = self.cfg.optim
+                    if o.schedule == "plateau" and self.bad_evaluations % o.plateau_patience == 0:
+                        self._lower_lr(o.gamma)
                     if t.early_stopping_patience and self.bad_evaluations >= t.early_stopping_patience:
                         self.request_stop()
         for hook in self.hooks:

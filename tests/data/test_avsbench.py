@@ -9,8 +9,8 @@ import torch
 
 from avfast.data import DataError
 from avfast.data.avsbench import (AVSS_NUM_CLASSES, AVSBenchDataset, SyntheticAVS, add_noise_at_snr, avss_palette,
-                                  collate_avs, colour_to_labels, labels_to_colour, read_image, write_image,
-                                  write_synthetic_avsbench)
+                                  clip_paths, collate_avs, colour_to_labels, labels_to_colour, read_image,
+                                  write_image, write_synthetic_avsbench)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "avsbench"
 
@@ -92,7 +92,7 @@ def test_wrong_size_mask_names_the_file(layout):
 
 
 def test_metadata_errors(layout, tmp_path):
-    with pytest.raises(DataError, match="metadata.csv: AVSBench metadata.csv not found"):
+    with pytest.raises(DataError, match="metadata.csv: AVSBench metadata csv not found"):
         AVSBenchDataset(tmp_path, "s4", "val")
     with open(layout / "metadata.csv", "w", newline="") as f:
         csv.writer(f).writerows([["vid", "split"], ["a", "val"]])
@@ -148,3 +148,49 @@ def test_synthetic_masks_are_the_sounding_shapes(task):
     assert data["masks"].dtype == (torch.int64 if task == "avss" else torch.float32)
     waves = SyntheticAVS(task, size=32, audio="wave").tensors(1)["audio"]
     assert waves.shape == (1, t, 16000)
+
+
+@pytest.mark.parametrize("task", ["s4", "ms3"])
+def test_avsbench_object_layout(tmp_path, task):
+    """The AVSBench-object release (s4_data / ms3_data folders, per-task csv), found under its
+    Single-source / Multi-sources folder; same items as the semantic layout of the same clips."""
+    sub = "Single-source" if task == "s4" else "Multi-sources"
+    kw = {"clips_per_split": {"train": 2, "test": 1}, "tasks": (task,), "size": 24, "seed": 5}
+    write_synthetic_avsbench(tmp_path / "object" / sub, layout="object", **kw)
+    write_synthetic_avsbench(tmp_path / "semantic", **kw)
+    paths = AVSBenchDataset(tmp_path / "object", task, "test", size=24).clips[0]
+    category = paths.masks[0].parent.parent.name
+    assert paths == clip_paths("object", tmp_path / "object" / sub, task, "test", paths.uid, category)
+    expected_frame = "v1s_test_000_1.png" if task == "s4" else "v1m_test_000.mp4_1.png"
+    assert paths.frames[0].name == expected_frame and paths.masks[4].name.endswith("_5.png")
+    obj = AVSBenchDataset(tmp_path / "object", task, "train", size=24)
+    sem = AVSBenchDataset(tmp_path / "semantic", task, "train", size=24)
+    assert obj.layout == "object" and sem.layout == "semantic" and len(obj) == 2
+    a, b = obj[1], sem[1]
+    torch.testing.assert_close(a["masks"], b["masks"])
+    torch.testing.assert_close(a["audio"], b["audio"])
+    assert (a["frames"] - b["frames"]).abs().mean() < 0.1         # PNG vs JPEG frames
+    assert a["valid"].tolist() == ([True] + [False] * 4 if task == "s4" else [True] * 5)
+    assert AVSBenchDataset(tmp_path / "object", task, "train", size=24, audio="features")[0]["audio"].shape == (5, 128)
+    missing = paths.masks[2]
+    missing.unlink()
+    with pytest.raises(DataError, match=f"{missing.name}: mask file missing"):
+        AVSBenchDataset(tmp_path / "object", task, "test", size=24)[0]
+    with pytest.raises(ValueError, match="no task 'avss'"):
+        clip_paths("object", tmp_path, "avss", "test", "x")
+
+
+def test_avss_with_the_five_frame_subsets_pads_to_ten(tmp_path):
+    root = write_synthetic_avsbench(tmp_path, clips_per_split={"train": 1, "val": 1}, size=24)
+    ds = AVSBenchDataset(root, "avss", "train", size=24, subsets=("v1s", "v1m", "v2"))
+    assert sorted(c.uid for c in ds.clips) == ["v1m_train_000", "v1s_train_000", "v2_train_000"]
+    items = {c.uid: ds[i] for i, c in enumerate(ds.clips)}
+    for uid, valid in (("v1s_train_000", [True] + [False] * 9), ("v1m_train_000", [True] * 5 + [False] * 5),
+                       ("v2_train_000", [True] * 10)):
+        item = items[uid]
+        assert item["frames"].shape == (10, 3, 24, 24) and item["audio"].shape == (10, 16000)
+        assert item["valid"].tolist() == valid, uid
+        assert item["masks"].dtype == torch.int64
+    assert items["v1m_train_000"]["frames"][5:].abs().sum() == 0
+    with pytest.raises(ValueError, match="unknown AVSBench subsets"):
+        AVSBenchDataset(root, "avss", "train", subsets=("v3",))

@@ -50,3 +50,24 @@ def test_too_short_shot_and_missing_separated_track():
     plain = Clip(video="plain.mp4", audio={"en": "a"}, source="m", start=0, end=5)
     with pytest.raises(DataError, match="plain.mp4: variant no_speech needs a separated track"):
         plan_quadruple(plain, Variant.parse("no_speech"), 3.0, np.random.default_rng(0))
+
+
+def test_primary_language_is_the_configured_one():
+    rng = np.random.default_rng(5)
+    clip = Clip(video="m.mp4", audio={"es": "es.flac", "en": "en.flac", "fr": "fr.flac"}, source="m", start=0, end=5)
+    assert clip.primary == "es"  # the manifest's first track
+    for _ in range(10):
+        p = plan_quadruple(clip, Variant.parse("multilingual"), 3, rng, primary="en")
+        assert p.primary.track == "en" and p.secondary.track in ("es", "fr")
+    assert plan_quadruple(clip, Variant.parse("monolingual"), 3, rng, primary="en").secondary.track == "en"
+    with pytest.raises(DataError, match="primary language 'de'"):
+        plan_quadruple(clip, Variant.parse("multilingual"), 3, rng, primary="de")
+
+
+def test_dataset_refuses_a_primary_language_no_clip_has():
+    from avfast.data import QuadrupleDataset
+
+    clips = [Clip(video="m.mp4", audio={"es": "es.flac"}, source="m", start=0, end=5)]
+    with pytest.raises(DataError, match="primary_language"):
+        QuadrupleDataset(clips, "monolingual", primary_language="en")
+    assert QuadrupleDataset(clips, "monolingual", primary_language="es").primary_language == "es"

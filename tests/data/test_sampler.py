@@ -121,3 +121,29 @@ def test_bad_arguments():
     s = SameSourceBatchSampler(SRC, 8)
     with pytest.raises(ValueError, match="clips"):
         s.load_state_dict({"epoch": 0, "seed": 0, "num_clips": 3, "segments": []})
+
+
+def test_controlled_count_is_exact():
+    """Seed 001 B.3: 12 clips of one movie in every batch of 26; the fill never adds a 13th."""
+    rng = np.random.default_rng(3)
+    src = [f"m{s}" for s in range(40) for _ in range(int(rng.integers(20, 60)))]
+    sampler = SameSourceBatchSampler(src, 26, same_source_count=12, seed=0)
+    assert sampler.group_size == 12
+    batches = _epoch(sampler)
+    assert len(batches) > 20
+    for b in batches:
+        counts = Counter(src[i] for i in b)
+        assert counts[src[b[0]]] == 12 and len(set(b)) == 26
+    # the fraction that gave 13 before (ceil(0.4616 * 26)) is no longer needed
+    assert SameSourceBatchSampler(src, 26, same_source_fraction=0.4616).group_size == 13
+
+
+def test_fill_excludes_group_source_with_few_sources():
+    src = ["a"] * 30 + ["b"] * 30 + ["c"] * 30
+    sampler = SameSourceBatchSampler(src, 9, same_source_count=3, seed=1)
+    batches = _epoch(sampler)
+    assert batches
+    for b in batches:
+        assert Counter(src[i] for i in b)[src[b[0]]] == 3
+    with pytest.raises(ValueError, match="same_source_count"):
+        SameSourceBatchSampler(src, 9, same_source_count=10)

@@ -44,7 +44,7 @@ def test_tiny_encoders_forward_backward(norm):
     assert a(torch.randn(3, 32, 50)).shape == (3, a.feature_dim)  # mono duplicated to pseudo-stereo
 
 
-def test_dub_model_embeddings_are_unit_norm_and_towers_separate_or_shared():
+def test_dub_model_embeddings_are_unit_norm():
     model = build_dub_model("x3d_tiny", "acoustic_resnet_tiny", embed_dim=32)
     model.eval()
     z = model(video=torch.randn(2, 3, 4, 32, 32), audio_p=torch.randn(2, 2, 32, 40),
@@ -53,14 +53,53 @@ def test_dub_model_embeddings_are_unit_norm_and_towers_separate_or_shared():
     for t in z.values():
         assert t.shape == (2, 32) and t.dtype == torch.float32
         torch.testing.assert_close(t.norm(dim=-1), torch.ones(2))
-    counts = count_parameters(model)
-    assert set(counts) == {"video", "audio", "audio_s", "total"} and counts["audio"] == counts["audio_s"]
-    assert counts["total"] == _params(model)
-    shared = build_dub_model("x3d_tiny", "acoustic_resnet_tiny", shared_audio=True, embed_dim=32)
-    assert shared.shared_audio and counts["total"] - count_parameters(shared)["total"] == counts["audio_s"]
+    assert count_parameters(model)["total"] == _params(model)
+
+
+def test_audio_sharing_modes_parameter_counts_and_outputs():
+    """Seed 001 B.3: one audio backbone, separate primary / secondary heads (the default)."""
+    torch.manual_seed(0)
+    kw = dict(video="x3d_tiny", audio="acoustic_resnet_tiny", embed_dim=32)
+    models = {mode: build_dub_model(**kw, audio_sharing=mode).eval() for mode in ("backbone", "all", "none")}
+    assert build_dub_model(**kw).audio_sharing == "backbone"
+    enc = _params(acoustic_resnet_tiny())
+    head = _params(ProjectionHead(acoustic_resnet_tiny().feature_dim, 32))
+    video = _params(models["all"].video)
+    counts = {mode: count_parameters(m) for mode, m in models.items()}
+    assert counts["all"]["total"] == video + enc + head and set(counts["all"]) == {"video", "audio", "total"}
+    assert counts["backbone"]["total"] == video + enc + 2 * head and counts["backbone"]["audio_s_head"] == head
+    assert counts["none"]["total"] == video + 2 * (enc + head) and counts["none"]["audio_s"] == enc + head
+    a, b = torch.randn(3, 2, 32, 40), torch.randn(3, 2, 32, 40)
+    for mode, m in models.items():
+        z = m(audio_p=a, audio_s=b)
+        torch.testing.assert_close(z["a_p"], m(audio_p=a)["a_p"])  # one backbone call == two (eval mode)
+        torch.testing.assert_close(z["a_s"], m(audio_s=b)["a_s"])
+        same = torch.allclose(m(audio_s=a)["a_s"], z["a_p"], atol=1e-5)
+        assert same == (mode == "all"), mode  # separate heads (backbone) or towers (none) differ
+    bb = models["backbone"]
+    # the shared backbone: secondary output = its own head on the primary backbone's features
+    torch.testing.assert_close(bb(audio_s=b)["a_s"],
+                               torch.nn.functional.normalize(bb.audio_s_head(bb.features_audio(b)), dim=-1))
+    assert bb.features_audio(a).shape == (3, acoustic_resnet_tiny().feature_dim)
+    with pytest.raises(ValueError, match="audio_sharing"):
+        build_dub_model(**kw, audio_sharing="heads")
+
+
+def test_checkpoints_of_other_sharing_modes_convert_or_refuse():
+    torch.manual_seed(0)
+    kw = dict(video=None, audio="acoustic_resnet_tiny", embed_dim=16)
     a = torch.randn(2, 2, 32, 40)
-    shared.eval()
-    torch.testing.assert_close(shared(audio_s=a)["a_s"], shared(audio_p=a)["a_p"])
+    old_all = build_dub_model(**kw, audio_sharing="all").eval()
+    for mode in ("backbone", "none"):  # one head for both audios converts exactly
+        m = build_dub_model(**kw, audio_sharing=mode).eval()
+        m.load_state_dict(old_all.state_dict())
+        torch.testing.assert_close(m(audio_s=a)["a_s"], old_all(audio_s=a)["a_s"])
+    old_none = build_dub_model(**kw, audio_sharing="none")
+    for mode in ("backbone", "all"):  # two towers cannot become one backbone
+        with pytest.raises(RuntimeError, match="audio_sharing=none"):
+            build_dub_model(**kw, audio_sharing=mode).load_state_dict(old_none.state_dict())
+    with pytest.raises(RuntimeError, match="audio_sharing=backbone"):
+        build_dub_model(**kw, audio_sharing="none").load_state_dict(build_dub_model(**kw).state_dict())
 
 
 def test_full_size_dub_model_parameter_counts():
@@ -68,7 +107,8 @@ def test_full_size_dub_model_parameter_counts():
     counts = count_parameters(model)
     head = lambda d: d * d + 2 * d + d * 512 + 512  # noqa: E731  Linear(d, d) + BN + Linear(d, 512)
     assert counts["video"] == _params(x3d_m(feature_dim=1024)) + head(1024)
-    assert counts["audio"] == counts["audio_s"] == _params(acoustic_resnet50()) + head(1024)
+    assert counts["audio"] == _params(acoustic_resnet50()) + head(1024)  # the shared 1024-d backbone
+    assert counts["audio_s_head"] == head(1024)
 
 
 def test_projection_head_and_bad_inputs():

@@ -185,7 +185,8 @@ def _fake_outputs(b=2, t=3, d=4, h=4, g=None):
     out = {"logits": r(b, t, 8, 8), "logits_cf": r(b, t, 8, 8), "z": r(b * t, 5), "z_cf": r(b * t, 5),
            "mu": r(b * t, 5), "logvar": r(b * t, 5)}
     for suffix in ("", "_cf"):
-        out["pixels" + suffix], out["audio" + suffix], out["text" + suffix] = r(b * t, d, h, h), r(b * t, d), r(b * t, d)
+        out["pixels" + suffix] = r(b * t, d, h, h)
+        out["audio" + suffix], out["text" + suffix] = r(b * t, d), r(b * t, d)
     masks = (torch.rand(b, t, 8, 8, generator=g) > 0.6).float()
     return out, masks
 
@@ -356,3 +357,23 @@ def test_avs_command_binary_task_prints_j_and_f_with_snr(tmp_path, capsys):
     with pytest.raises(ConfigError, match="data.task"):
         main(["avs", "train", "--config", str(REPO / "configs/avs/demo_synthetic.yaml"), "--out", str(out),
               "--set", "data.task=ms3"])
+
+
+def test_configs_carry_the_seed_settings():
+    from avfast.train.config import load_config
+
+    def load(name):
+        return load_config(REPO / "configs" / "avs" / f"{name}.yaml")
+
+    s4, ms3, avss, kt30 = load("s4"), load("ms3"), load("avss"), load("s4_kt30")
+    assert (s4.model.k_text, kt30.model.k_text) == (15, 30)
+    assert (s4.model.divisor, ms3.model.divisor, avss.model.divisor) == (2, 2, 4)
+    assert avss.model.classes == 71 and s4.model.backbone == "mit_b2"
+    weights = {k: getattr(s4.loss, k) for k in ("bce", "dice", "focal", "cf", "cdcl", "ortho", "z", "va", "al", "vl")}
+    assert weights == {"bce": 1.0, "dice": 1.0, "focal": 1.0, "cf": 0.2, "cdcl": 0.2, "ortho": 1.0, "z": 0.8,
+                       "va": 0.4, "al": 0.3, "vl": 0.3}
+    assert weights == {k: getattr(ICLAVSLossConfig(), k) for k in weights}
+    baseline = load("s4_baseline")
+    assert not baseline.model.implicit_text and not baseline.model.counterfactual
+    assert load("s4_prototype_contrast").loss.contrast == "prototype"
+    assert load("ms3_frame_mix").data.frame_mix == 0.25 and ms3.data.snr_db == [-5, 0, 5, 10]

@@ -24,8 +24,9 @@ def test_step_changes_weights_and_loss_falls_on_a_fixed_batch(variant):
     trainer = _trainer(cfg)
     batch = next(dub_source().batches(0, 0))
     towers = {name: [p.detach().clone() for p in tower.parameters()] for name, tower in trainer.model.named_children()}
-    assert set(towers) == {"multilingual": {"video", "audio", "audio_s"}, "no_speech": {"video", "audio"},
-                           "audio_only": {"audio", "audio_s"}}[variant]
+    # seed 001 B.3: one audio backbone, a secondary head of its own (model.audio_sharing: backbone)
+    assert set(towers) == {"multilingual": {"video", "audio", "audio_s_head"}, "no_speech": {"video", "audio"},
+                           "audio_only": {"audio", "audio_s_head"}}[variant]
     loss0, logs = trainer.train_step([batch])
     for name, before in towers.items():
         after = list(getattr(trainer.model, name).parameters())

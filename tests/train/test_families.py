@@ -253,3 +253,25 @@ def test_train_family_under_two_process_gloo_matches_one_process():
     assert mse0 == mse1, "ranks ended with different weights"
     assert mse0 == pytest.approx(single["test"]["mse"], rel=1e-5)
     assert loss0 == loss1 == pytest.approx(single["train"]["loss"], rel=1e-5)  # mean over ranks
+
+
+def test_plateau_schedule_lowers_the_lr_after_patience_and_checkpoints_its_scale(tmp_path):
+    cfg = _toy(optim={"schedule": "plateau", "plateau_patience": 2, "gamma": 0.1, "epochs": 7},
+               train={"eval_every": 1, "early_stopping_metric": "score"})
+    scores = iter([1.0, 0.5, 0.5, 0.5, 0.5, 2.0, 1.0])
+    lrs = []
+
+    class _LR:
+        def on_epoch_end(self, trainer, metrics):
+            lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+    trainer = Trainer(cfg, toy_model(), toy_objective, toy_source(), out_dir=tmp_path, hooks=[_LR()],
+                      evaluate=lambda tr: {"score": next(scores)}, log=lambda *_: None)
+    trainer.train()
+    assert lrs == pytest.approx([0.05, 0.05, 0.005, 0.005, 5e-4, 5e-4, 5e-4])
+    resumed = Trainer(cfg, toy_model(), toy_objective, toy_source(), evaluate=lambda tr: {}, log=lambda *_: None)
+    resumed.resume(tmp_path)
+    assert resumed.scheduler.lr_lambdas[0].scale == pytest.approx(0.01)
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+    with pytest.raises(ConfigError, match="plateau"):
+        _toy(optim={"schedule": "plateau"})

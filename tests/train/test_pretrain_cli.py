@@ -42,10 +42,15 @@ def test_pretrain_resume_and_eval(demo_manifest, tmp_path, capsys):
     assert main(args + sets + ["--resume", "--no-eval"]) == 0
     assert "resumed from" in capsys.readouterr().out
     assert main(["eval", "--checkpoint", str(out), "--data", str(demo_manifest), "--json", str(tmp_path / "e.json"),
-                 "--probe", str(demo_manifest), "--set", "eval.probe_epochs=5"]) == 0
+                 "--probe", str(demo_manifest), "--set", "eval.probe_epochs=5", "--set", "eval.probe_mlp_epochs=3",
+                 "--set", "eval.probe_label=colour,kind"]) == 0
     results = json.loads((tmp_path / "e.json").read_text())
     assert results["retrieval"]["audio->video"]["queries"] == 6
-    assert set(results["probe"]) == {"video", "audio"}
+    assert set(results["probe"]) == {"colour", "kind"}
+    probe = results["probe"]["kind"]
+    assert set(probe) == {"features", "classes", "video", "audio", "audio+video"} and probe["features"] == "backbone"
+    for kind in ("linear", "mlp"):
+        assert 0 <= probe["audio"][kind]["top1"] <= 100 and 0 <= probe["audio"][kind]["mean_per_class"] <= 100
 
 
 def test_skipped_clips_are_counted_with_loader_workers(demo_manifest, tmp_path):

@@ -29,12 +29,14 @@ class AVSDataConfig:
     """Where the clips come from; ``root`` empty: synthetic clips."""
 
     task: str = "s4"                 # s4 | ms3 | avss (must equal model.task)
-    root: str = ""                   # AVSBench root (metadata.csv, v1s/, v1m/, v2/)
+    root: str = ""                   # AVSBench root (semantic or object release; avfast.data.avsbench)
+    layout: str = "auto"             # auto | semantic | object (avfast.data.avsbench)
+    subsets: list = dataclasses.field(default_factory=list)  # semantic layout: v1s / v1m / v2 ([]: the task's)
     size: int = 224                  # frames and masks resized to size x size (AVSBench evaluates at 224)
     batch_size: int = 4              # clips per optimizer step (AVSBench's public setting)
     num_workers: int = 0
     snr_db: list = dataclasses.field(default_factory=list)  # extra evaluations with noisy audio (dB)
-    frame_mix: float = 0.0           # fraction of clips with frames swapped from other clips (0.25: the seed's MS3 test)
+    frame_mix: float = 0.0           # fraction of eval clips with frames of other clips (0.25: the seed's MS3)
     synthetic_clips: int = 64        # training clips of the synthetic set (val / test get half)
     synthetic_size: int = 64         # frame size of synthetic clips
     features_file: str = "vggish.npy"  # per-clip (T, 128) audio features when model.audio == "vggish"
@@ -90,7 +92,7 @@ def _dataset(cfg, split: str, snr_db: float | None = None):
 
         return AVSBenchDataset(d.root, d.task, split, size=d.size, audio=_audio_kind(cfg), snr_db=snr_db,
                                frame_mix=d.frame_mix if split != "train" else 0.0, seed=cfg.train.seed,
-                               features_file=d.features_file)
+                               features_file=d.features_file, layout=d.layout, subsets=tuple(d.subsets) or None)
     from avfast.data.avsbench import SyntheticAVS, add_noise_at_snr
 
     gen = SyntheticAVS(d.task, size=d.synthetic_size, audio=_audio_kind(cfg), seed=cfg.train.seed)
