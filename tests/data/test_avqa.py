@@ -176,6 +176,10 @@ def test_avqa_command_trains_resumes_and_evaluates_on_the_layout(tmp_path, capsy
     assert main(["avqa", "eval", "--checkpoint", str(out), "--split", "val", "--json", str(tmp_path / "r.json")]) == 0
     results = json.loads((tmp_path / "r.json").read_text())
     assert set(results) == set(QA_COLUMNS)
+    from avfast.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.vocab_size=29"):
+        main(["avqa", "train", "--out", str(tmp_path / "r2"), *common, "--set", "model.vocab_size=10"])
 
 
 REPO = Path(__file__).parent.parent.parent

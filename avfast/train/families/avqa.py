@@ -56,6 +56,14 @@ def _validate(cfg) -> None:
 def _build_model(cfg):
     from avfast.models.avst import AVSTModel
 
+    if cfg.data.root:
+        from avfast.data.avqa import AVQADataset
+        from avfast.train.config import ConfigError
+
+        words = len(AVQADataset(cfg.data.root, "train", segments=cfg.model.segments).vocab)
+        if words > cfg.model.vocab_size:
+            raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) < the {words} question words of "
+                              f"{cfg.data.root}: set model.vocab_size={words}")
     return AVSTModel(cfg.model)
 
 
