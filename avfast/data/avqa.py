@@ -24,7 +24,6 @@ json in order of appearance; ``answer_vocabulary(items)`` does the same for a re
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
