@@ -13,7 +13,8 @@ for the chosen encoder parameters (names under ``audio_prefix`` / ``visual_prefi
 4-D conv weights, as the public code), during epochs ``start_epoch..end_epoch`` inclusive. The
 trainer calls ``after_backward`` after all micro-batches' backward with unscaled gradients (AMP)
 and before clipping and ``optimizer.step()``; the coefficients and scores are returned (logged)
-every step.
+every step. In an fp16 step whose gradients overflowed (the GradScaler skips it) the modulated
+gradients are not finite either; that step changes no weight.
 """
 from __future__ import annotations
 

@@ -214,3 +214,37 @@ def test_scores_are_all_reduced_over_ranks():
     (s0, n0), (s1, n1) = spawn(_ddp_scores, 2)
     assert s0 == s1 == pytest.approx(modality_scores(OUT_A, OUT_V, LABELS).tolist())
     assert n0 == n1 == 2
+
+
+class _GradNorm:
+    def __init__(self):
+        self.norms = []
+
+    def after_backward(self, trainer, aux):
+        self.norms.append(float(trainer.model.audio_net.stem[0].weight.grad.norm()))
+
+
+def test_hook_sees_unscaled_gradients_under_fp16_grad_scaling():
+    """Under fp16 autocast the trainer's GradScaler multiplies the loss by 2**16; the hooks must see
+    the true gradients (the same as fp32 up to fp16 rounding), or k would scale a scaled gradient."""
+    from avfast.train.config import load_config
+    from avfast.train.distributed import DistInfo
+    from avfast.train.family import get_family
+    from avfast.train.trainer import Trainer
+
+    family, norms = get_family("ogm"), {}
+    for precision in ("fp32", "fp16"):
+        cfg = load_config(REPO / "configs/ogm/demo_synthetic.yaml",
+                          [f"train.precision={precision}", "train.max_steps=12", "data.synthetic_size=16",
+                           "data.synthetic_clips=64", "data.batch_size=64"], family="ogm")  # one batch, every step
+        torch.manual_seed(0)
+        model = family.build_model(cfg)
+        info = DistInfo()
+        recorder = _GradNorm()
+        trainer = Trainer(cfg, model, family.build_objective(cfg, model), family.build_data(cfg, "train", info),
+                          dist_info=info, hooks=[recorder, OGMGE(OGMGEConfig(ge=False))], log=lambda *_: None)
+        assert trainer.scaler.is_enabled() == (precision == "fp16")
+        trainer.train()
+        # the scaler starts at 2**16: overflowing steps are skipped (weights unchanged) until it fits
+        norms[precision] = next(n for n in recorder.norms if math.isfinite(n))
+    assert norms["fp16"] == pytest.approx(norms["fp32"], rel=0.05)
