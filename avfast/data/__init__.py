@@ -9,4 +9,4 @@ from avfast._util import export_public
 
 export_public(globals(), __name__, ("errors", "video", "audio", "manifest", "synthetic", "sampler", "shots",
                                     "transforms", "quadruples", "dataset", "dubbing", "separation", "dali_batch",
-                                    "avsbench", "vggsound", "pacs"))
+                                    "avsbench", "vggsound", "pacs", "avqa"))

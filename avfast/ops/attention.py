@@ -32,11 +32,12 @@ __all__ = ["cross_attention", "cross_attention_reference"]
 
 OP = "cross_attention"
 MAX_HEAD_DIM = 256
+SDPA_MAX_HEAD_DIM = 1024  # PyTorch's CPU flash kernel takes any head dim; AVST grounding uses 512
 
 
-def _head_dim_reasons(q) -> list[str]:
+def _head_dim_reasons(q, limit: int = MAX_HEAD_DIM) -> list[str]:
     """Refusal of the fused kernels for a head dim they do not tile."""
-    return [f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"] if q.shape[-1] > MAX_HEAD_DIM else []
+    return [f"head dim {q.shape[-1]} > {limit}"] if q.shape[-1] > limit else []
 
 
 # ------------------------------------------------------------------------------------- reference
@@ -194,14 +195,14 @@ register_backend(OP, "torch", priority=0, autograd=True,
     _Impl(_torch_forward, _torch_backward))
 
 
-def _no_dropout_no_bias_grad(name: str):
+def _no_dropout_no_bias_grad(name: str, max_head_dim: int = MAX_HEAD_DIM):
     def check(q, k, v, kv_lens=None, kpm=None, bias=None, *, dropout_p=0.0, bias_grad=False, **_):
         reasons = []
         if dropout_p > 0:
             reasons.append(f"dropout is drawn from avfast's generator; {name} draws its own")
         if bias_grad:
             reasons.append(f"{name} gives no gradient for attn_bias")
-        return reasons + _head_dim_reasons(q)
+        return reasons + _head_dim_reasons(q, max_head_dim)
 
     return check
 
@@ -272,7 +273,7 @@ def _sdpa_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale, dro
     return dq, _pad_keys(dk, lk, 2), _pad_keys(dv, lk, 2), None
 
 
-register_backend(OP, "sdpa", priority=20, devices=("cpu",), autograd=True, check=_no_dropout_no_bias_grad("sdpa"),
+register_backend(OP, "sdpa", priority=20, devices=("cpu",), autograd=True, check=_no_dropout_no_bias_grad("sdpa", SDPA_MAX_HEAD_DIM),
                  description="PyTorch's fused SDPA flash kernel for CPU with avfast's masks (CPU users get "
                              "this or torch: no C++ kernel of our own); no attn_bias grad, no dropout")(
     _Impl(_sdpa_forward, _sdpa_backward))
@@ -518,8 +519,8 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, kv_len
     Args:
         q: (B, Hq, Lq, Dh) queries (e.g. a handful of audio tokens).
         k, v: (B, Hkv, Lk, Dh) keys/values; ``Hq`` a multiple of ``Hkv`` (GQA/MQA: q head ``h`` uses
-            kv head ``h // (Hq // Hkv)``). ``Dh`` <= 256 on the fused backends (512 on ``triton`` where
-            the GPU's shared memory holds the tiles); any Lq, Lk >= 1.
+            kv head ``h // (Hq // Hkv)``). ``Dh`` <= 256 on the fused GPU backends (512 on ``triton``
+            where the GPU's shared memory holds the tiles), <= 1024 on ``sdpa`` (CPU); any Lq, Lk >= 1.
         kv_lens: (B,) integer valid key count per sample in [0, Lk] (ValueError otherwise, checked
             outside torch.compile); keys at ``>= kv_lens[b]`` are ignored (never read by the fused
             kernels, so they may hold garbage or NaN).

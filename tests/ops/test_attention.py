@@ -281,7 +281,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(BackendError, match="attn_bias"):
         cross_attention(q, k, v, attn_bias=torch.zeros(4, 3, 5, requires_grad=True), backend="sdpa")
     with pytest.raises(BackendError, match="head dim"):
-        cross_attention(torch.randn(1, 1, 1, 300), torch.randn(1, 1, 2, 300), torch.randn(1, 1, 2, 300), backend="sdpa")
+        cross_attention(torch.randn(1, 1, 1, 1100), torch.randn(1, 1, 2, 1100), torch.randn(1, 1, 2, 1100), backend="sdpa")
 
 
 @pytest.mark.gpu
