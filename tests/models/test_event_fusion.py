@@ -94,7 +94,12 @@ def test_localize_is_cosine_over_positions():
 def test_training_on_synthetic_events_beats_chance(capsys):
     from event_loop import train_and_assign
 
-    r = train_and_assign(train_clips=64, epochs=8, seed=0, lr=4e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the seed's run is pinned to one thread (2 threads reorder sums: another run)
+    try:
+        r = train_and_assign(train_clips=64, epochs=8, seed=0, lr=4e-3)
+    finally:
+        torch.set_num_threads(threads)
     assert r["loss_last"] < 0.8 * r["loss_first"], r
     # top-1 hit rate: the top class is one of the clip's labels; chance = mean positives / classes
     assert r["top1"] > r["chance"] + 0.25, r
