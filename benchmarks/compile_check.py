@@ -107,8 +107,8 @@ def _affinity_cases(full: bool, flags: bool) -> list[Case]:
         if (cdt is not None and k > 32) or ((excl or cdt is not None) and not (flags and (full or dtype == torch.bfloat16))):
             continue
         def run(dtype=dtype, d=d, k=k, excl=excl, cdt=cdt):
-            x = torch.randn(40, d, dtype=dtype)
-            y = torch.randn(300, d, dtype=dtype)
+            x = torch.randn(300 if excl else 40, d, dtype=dtype)
+            y = None if excl else torch.randn(300, d, dtype=dtype)  # exclude_self: x against itself
             affinity_topk(x, y, k, exclude_self=excl, compute_dtype=cdt, backend="triton")
         cases.append(Case("affinity_topk", f"{_SHORT[dtype]} D={d} k={k}{' excl' if excl else ''}"
                                            f"{' bf16-compute' if cdt else ''}", run, dtype))
