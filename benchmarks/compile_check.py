@@ -109,7 +109,11 @@ def _affinity_cases(full: bool, flags: bool) -> list[Case]:
         def run(dtype=dtype, d=d, k=k, excl=excl, cdt=cdt):
             x = torch.randn(300 if excl else 40, d, dtype=dtype)
             y = None if excl else torch.randn(300, d, dtype=dtype)  # exclude_self: x against itself
-            affinity_topk(x, y, k, exclude_self=excl, compute_dtype=cdt, backend="triton")
+            try:
+                affinity_topk(x, y, k, exclude_self=excl, compute_dtype=cdt, backend="triton")
+            except (IndexError, RuntimeError) as exc:  # the bf16 search's candidates are garbage (launches
+                if "out of bounds" not in str(exc):      # do nothing): the torch rerank after it may fail
+                    raise
         cases.append(Case("affinity_topk", f"{_SHORT[dtype]} D={d} k={k}{' excl' if excl else ''}"
                                            f"{' bf16-compute' if cdt else ''}", run, dtype))
     return cases
@@ -193,6 +197,8 @@ def _attempt(case: Case, enforce: bool) -> tuple[bool, str]:
             return False, f"refused: {exc}"
         except (CompilationError, OutOfResources) as exc:
             return False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        except Exception as exc:  # noqa: BLE001 - any other error is a failure of the case, reported
+            return False, f"error {type(exc).__name__}: {str(exc)[:200]}"
     return True, ""
 
 
