@@ -119,7 +119,7 @@ def _tiles(k_pad: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps): fewer rows per program as the slots grow."""
     if interpreting():
         return 16, 32, 32, 4
-    block_m = 64 if k_pad <= 16 else 32 if k_pad <= 64 else 16
+    block_m = 64 if k_pad <= 16 else 32 if k_pad <= 32 else 16  # 32 rows x 64 slots spill (bf16, sm_80/86/89)
     return block_m, 128, 32, 4
 
 

@@ -224,10 +224,11 @@ _TILES_IEEE = ((32, 32, 4, 2), (32, 32, 4, 1), (16, 16, 4, 1))
 _TILES_WIDE = ((16, 32, 8, 1), (16, 16, 8, 1))   # D = 1024: a 32-row fp32 accumulator would spill
 
 
-def _shared_estimate(block_m: int, block_n: int, block_d: int, elem: int, stages: int) -> int:
+def _shared_estimate(block_m: int, block_n: int, block_d: int, elem: int, stages: int, ieee: bool = False) -> int:
     """Upper estimate of the shared bytes of the three kernels: the x and y tiles of the pipelined
-    stages (the backward kernels stage up to 1.5x the forward's; checked by benchmarks/compile_check.py)."""
-    return int((block_m + block_n) * block_d * elem * max(1, stages - 1) * 1.5) + 1024
+    stages; the tensor-core backward kernels stage up to 1.5x that (an operand in a second layout),
+    the FMA ("ieee") ones exactly that. Checked against the compiler by benchmarks/compile_check.py."""
+    return int((block_m + block_n) * block_d * elem * max(1, stages - 1) * (1.0 if ieee else 1.5)) + 1024
 
 
 def plan(d: int, dtype: torch.dtype, device) -> tuple[dict, str | None]:
@@ -244,10 +245,10 @@ def plan(d: int, dtype: torch.dtype, device) -> tuple[dict, str | None]:
     for bm, bn, warps, stages in candidates:
         if block_d > 128 and stages > 2:
             continue
-        if _shared_estimate(bm, bn, block_d, elem, stages) <= limit:
+        if _shared_estimate(bm, bn, block_d, elem, stages, ieee) <= limit:
             return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=stages), None
     bm, bn, warps, stages = candidates[-1]
-    need = _shared_estimate(bm, bn, block_d, elem, stages)
+    need = _shared_estimate(bm, bn, block_d, elem, stages, ieee)
     return (dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=warps, num_stages=stages),
             f"{str(dtype).replace('torch.', '')} D = {d} needs ~{need} bytes of shared memory with the smallest "
             f"tile ({bm} x {bn}), above the {limit} of sm_{cap}")

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from avfast.kernels.utils import device_guard, fp32_dot_precision, interpreting, next_pow2
+from avfast.kernels.utils import device_guard, fp32_dot_precision, interpreting, next_pow2, target_info
 
 
 @triton.jit
@@ -173,6 +173,30 @@ def dft_precision() -> str:
     return value
 
 
+# (BLOCK_F, BLOCK_N, BLOCK_K, num_stages), most preferred first
+_TILES = ((64, 64, 64, 3), (64, 64, 64, 2), (32, 64, 64, 2), (32, 32, 64, 2), (16, 32, 32, 1))
+
+
+def _shared_estimate(bf: int, bn: int, bk: int, bm: int, stages: int) -> int:
+    """Shared bytes of the forward kernel (fp32): the frame and cos/sin tiles of the pipelined stages,
+    the filter-bank tile and the power tile (matches the compiler within 1 KiB; benchmarks/compile_check.py)."""
+    return 4 * (max(1, stages - 1) * (bf * bn + 2 * bn * bk) + bk * bm + bf * bk) + 2048
+
+
+def tiles(n_mels: int, device) -> tuple[tuple[int, int, int, int], str | None]:
+    """((BLOCK_F, BLOCK_N, BLOCK_K, num_stages), None) for the target, or (smallest, why it does not fit)."""
+    bm = max(16, next_pow2(n_mels))
+    if interpreting():
+        return (16, 64, 64, 1), None
+    cap, limit, _ = target_info(device)
+    for bf, bn, bk, stages in _TILES:
+        if _shared_estimate(bf, bn, bk, bm, stages) <= limit:
+            return (bf, bn, bk, stages), None
+    bf, bn, bk, stages = _TILES[-1]
+    return _TILES[-1], (f"n_mels = {n_mels}: ~{_shared_estimate(bf, bn, bk, bm, stages)} bytes of shared memory "
+                        f"with the smallest tiles, above the {limit} of sm_{cap}")
+
+
 def mel_spectrogram_triton(wave, lengths, frames, window, fb, bands, freq_masks, time_masks, n_fft, hop, offset,
                            boundary, n_out, preemphasis, remove_dc, power, log_mode, log_eps, log_offset, top_db,
                            mean, std, pad_value, mask_value, time_major):
@@ -188,7 +212,7 @@ def mel_spectrogram_triton(wave, lengths, frames, window, fb, bands, freq_masks,
     stride_m, stride_f = (1, n_mels) if time_major else (n_out, 1)
     cos, sin = dft_tables(n_fft, win_len, wave.device)
     small = interpreting()
-    block_f, block_n, block_k = (16, 64, 64) if small else (64, 64, 64)
+    (block_f, block_n, block_k, stages), _ = tiles(n_mels, wave.device)
     block_m = max(16, next_pow2(n_mels))
     grid = (B * C, triton.cdiv(n_out, block_f))
     with device_guard(wave):
@@ -197,7 +221,7 @@ def mel_spectrogram_triton(wave, lengths, frames, window, fb, bands, freq_masks,
             stride_m, stride_f, preemphasis, power, log_eps, log_offset,
             BOUNDARY=boundary, REMOVE_DC=bool(remove_dc), PREEMPHASIS=preemphasis != 0.0, LOG_MODE=log_mode,
             POWER2=power == 2.0, PRECISION=dft_precision(), BLOCK_F=block_f, BLOCK_N=block_n, BLOCK_K=block_k,
-            BLOCK_M=block_m, num_warps=4 if small else 8)
+            BLOCK_M=block_m, num_warps=4 if small else 8, num_stages=stages)
     mask_mean = math.isnan(mask_value)
     with device_guard(wave):
         _mel_finish_kernel[(B,)](

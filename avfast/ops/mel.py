@@ -266,7 +266,15 @@ def _mel_cpp(wave: Tensor, lengths: Tensor, masks: MelMasks, cfg: MelConfig) -> 
     return torch.ops.avfast_C.mel_spectrogram_cpu(*fused_args(wave, lengths, masks, cfg), fft)
 
 
-@triton_backend(OP, priority=30, dtypes=(torch.float16, torch.float32, torch.float64),
+def _triton_check(wave, lengths=None, n_mels=128, **_):
+    """The target's shared memory must hold the kernel's tiles for this many mel bands."""
+    from avfast.kernels.mel import tiles
+
+    why = tiles(n_mels, wave.device)[1]
+    return [why] if why else []
+
+
+@triton_backend(OP, priority=30, dtypes=(torch.float16, torch.float32, torch.float64), check=_triton_check,
                 description="Triton: DFT as a tiled matmul + power + mel + log in one kernel, then a per-sample finish kernel")
 def _mel_triton(wave: Tensor, lengths: Tensor, masks: MelMasks, cfg: MelConfig) -> Tensor:
     from avfast.kernels.mel import mel_spectrogram_triton
@@ -396,7 +404,7 @@ def mel_spectrogram(wave: Tensor, config: MelConfig | str = "event", *, lengths:
     else:
         empty = torch.zeros(B, 0, 2, dtype=torch.long, device=x.device)
         masks = MelMasks(empty, empty)
-    impl = select(OP, x, lens, backend=backend)
+    impl = select(OP, x, lens, backend=backend, n_mels=cfg.n_mels)
     out = _mel_op(x, lens, masks.freq, masks.time, **_flat(cfg), backend=impl.name)
     if wave.dim() == 2:
         out = out[:, 0]
