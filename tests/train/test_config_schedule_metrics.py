@@ -63,7 +63,6 @@ def test_recall_and_median_rank_by_hand():
 
 
 def test_sharded_retrieval_matches_the_full_matrix_one_process():
-    pytest.importorskip("avfast.ops.affinity")
     g = torch.Generator().manual_seed(0)
     v = torch.nn.functional.normalize(torch.randn(37, 8, generator=g), dim=-1)
     a = torch.nn.functional.normalize(v + 0.7 * torch.randn(37, 8, generator=g), dim=-1)

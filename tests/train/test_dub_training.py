@@ -4,12 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("avfast.nn.contrastive", reason="avfast.nn.DubContrastiveLoss (contrastive op) not merged yet")
-
-from avfast.train.distributed import init_distributed  # noqa: E402
-from avfast.train.objective import DubObjective  # noqa: E402
-from avfast.train.trainer import Trainer  # noqa: E402
-from dub_toy import dub_config, dub_model, dub_source, quadruples  # noqa: E402
+from avfast.train.distributed import init_distributed
+from avfast.train.objective import DubObjective
+from avfast.train.trainer import Trainer
+from dub_toy import dub_config, dub_model, dub_source, quadruples
 from helpers import spawn  # noqa: E402
 
 
@@ -67,7 +65,6 @@ def _dub_ddp(rank: int, world_size: int, steps: int):
 
 
 def test_two_process_run_with_gathered_negatives_matches_one_process():
-    pytest.importorskip("avfast.ops._contrastive_dist", reason="contrastive_loss(gather='all_gather') not merged yet")
     cfg = _ddp_config()
     cfg.train.max_steps = 2
     single = _trainer(cfg)

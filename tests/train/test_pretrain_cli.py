@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import pytest
 
-pytest.importorskip("avfast.data.dataset", reason="avfast.data (QuadrupleDataset) not merged yet")
-pytest.importorskip("avfast.nn.contrastive", reason="contrastive op not merged yet")
-
-from pathlib import Path  # noqa: E402
-
-from avfast.cli import main  # noqa: E402
+from avfast.cli import main
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
