@@ -49,3 +49,61 @@ def peak_rss_subprocess(code: str, timeout: float = 3600) -> dict:
         raise RuntimeError(f"memory run failed:\n{proc.stderr[-4000:]}")
     line = [l for l in proc.stdout.splitlines() if l.startswith("AVFAST_RESULT")][-1]
     return json.loads(line[len("AVFAST_RESULT"):])
+
+
+def train_step(loss_fn, optimizer):
+    """A closure doing one optimizer step on ``loss_fn()`` (a scalar loss), synchronised on CUDA."""
+    import torch
+
+    def step():
+        loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    return step
+
+
+def time_ops(step, targets) -> tuple[float, float]:
+    """``(seconds of one step() call, seconds spent inside the ops it calls)``.
+
+    ``targets``: ``(module name, attribute)`` pairs naming where the model looks the ops up (e.g.
+    ``("avfast.models.dcl", "affinity_topk")``); each is wrapped by a timer for that one call and
+    restored afterwards (the ops' share of the step: forward only, their backward runs in autograd).
+    """
+    import importlib
+    import time
+
+    import torch
+
+    def sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    spent = [0.0]
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            sync()
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            sync()
+            spent[0] += time.perf_counter() - start
+            return out
+
+        return wrapper
+
+    saved = []
+    try:
+        for module_name, name in targets:
+            module = importlib.import_module(module_name)
+            saved.append((module, name, getattr(module, name)))
+            setattr(module, name, timed(saved[-1][2]))
+        start = time.perf_counter()
+        step()
+        return time.perf_counter() - start, spent[0]
+    finally:
+        for module, name, original in saved:
+            setattr(module, name, original)

@@ -12,13 +12,12 @@ avfast in batches of 100 clips on the default device, librosa ``onset_detect`` p
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from _harness import run, size
+from _harness import run, size, time_ops, train_step
 
 STEP = size(dict(batch=4, segments=10, frames=100, frame_size=112, width=0.25, hidden=128),
             dict(batch=8, segments=3, frames=30, frame_size=32, width=0.0625, hidden=64))
@@ -26,35 +25,7 @@ ONSET_CLIPS = size(1000, 40)
 ONSET_CHUNK = 100
 
 
-class _OpTimer:
-    """Wrap the ops the event model calls (looked up in ``avfast.ops`` at call time) to add up their time."""
-
-    NAMES = ("mel_spectrogram", "cross_attention")
-
-    def __init__(self):
-        import avfast.ops as ops
-
-        self.ops, self.seconds, self.saved = ops, 0.0, {}
-        for name in self.NAMES:
-            self.saved[name] = getattr(ops, name)
-            setattr(ops, name, self._wrap(self.saved[name]))
-
-    def _wrap(self, fn):
-        def timed(*args, **kwargs):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            out = fn(*args, **kwargs)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.seconds += time.perf_counter() - start
-            return out
-
-        return timed
-
-    def restore(self):
-        for name, fn in self.saved.items():
-            setattr(self.ops, name, fn)
+OPS = (("avfast.ops", "mel_spectrogram"), ("avfast.ops", "cross_attention"))  # looked up in avfast.ops at call time
 
 
 def _make_step(backend: str):
@@ -72,30 +43,14 @@ def _make_step(backend: str):
     frames = torch.randn(b, 3, kw["frames"], kw["frame_size"], kw["frame_size"], generator=g).to(device)
     onsets = (torch.rand(b, kw["segments"] * 10, generator=g) > 0.8).to(device)
     labels = (torch.rand(b, 309, generator=g) > 0.99).float().to(device)
-
-    def step():
-        total, _ = loss(model(wave, frames, onsets=onsets), labels)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    return step
+    return train_step(lambda: loss(model(wave, frames, onsets=onsets), labels)[0], opt)
 
 
 @pytest.mark.parametrize("provider", ["avfast", "torch"])
 def test_train_step_events(benchmark, provider):
     step = _make_step("auto" if provider == "avfast" else "torch")
     step()  # warm-up
-    timer = _OpTimer()
-    try:
-        start = time.perf_counter()
-        step()
-        step_s = time.perf_counter() - start
-        ops_s = timer.seconds
-    finally:
-        timer.restore()
+    step_s, ops_s = time_ops(step, OPS)
     s = STEP
     run(benchmark, step, group=f"event fusion train step b{s['batch']} {s['segments']} s {s['frames']}x{s['frame_size']}px "
         f"width {s['width']} (fp32)", provider=provider, baseline=provider == "torch", items=s["batch"], unit="clips",

@@ -11,13 +11,12 @@ Metrics: J and F (255 thresholds) of 1,000 frames of 224 x 224 (quick: 50), ``av
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from _harness import run, size
+from _harness import run, size, time_ops, train_step
 
 BATCH, FRAMES = 4, 5
 IMAGE = size(224, 64)
@@ -25,39 +24,9 @@ BACKBONE = size("mit_b2", "mit_tiny")
 METRIC_FRAMES = size(1000, 50)
 
 
-class _OpTimer:
-    """Replace the ops' names in the modules that call them by wrappers that add up their time."""
-
-    TARGETS = (("avfast.models.mit", "cross_attention"), ("avfast.nn.attention", "cross_attention"),
-               ("avfast.models.icl_avs", "contrastive_loss"))
-
-    def __init__(self):
-        import importlib
-
-        self.seconds = 0.0
-        self.saved = []
-        for module_name, name in self.TARGETS:
-            module = importlib.import_module(module_name)
-            original = getattr(module, name)
-            self.saved.append((module, name, original))
-            setattr(module, name, self._wrap(original))
-
-    def _wrap(self, fn):
-        def timed(*args, **kwargs):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            out = fn(*args, **kwargs)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.seconds += time.perf_counter() - start
-            return out
-
-        return timed
-
-    def restore(self):
-        for module, name, original in self.saved:
-            setattr(module, name, original)
+# where the model looks the fused ops up (their share of the step is timed there)
+OPS = (("avfast.models.mit", "cross_attention"), ("avfast.nn.attention", "cross_attention"),
+       ("avfast.models.icl_avs", "contrastive_loss"))
 
 
 def _make_step(backend: str):
@@ -73,30 +42,14 @@ def _make_step(backend: str):
     frames = torch.randn(BATCH, FRAMES, 3, IMAGE, IMAGE, generator=g).to(device)
     audio = torch.randn(BATCH, FRAMES, 128, generator=g).to(device)
     masks = (torch.rand(BATCH, FRAMES, IMAGE, IMAGE, generator=g) > 0.7).float().to(device)
-
-    def step():
-        total, _ = loss(model(frames, audio), masks)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    return step
+    return train_step(lambda: loss(model(frames, audio), masks)[0], opt)
 
 
 @pytest.mark.parametrize("provider", ["avfast", "torch"])
 def test_train_step_avs(benchmark, provider):
     step = _make_step("auto" if provider == "avfast" else "torch")
     step()  # warm-up
-    timer = _OpTimer()
-    try:
-        start = time.perf_counter()
-        step()
-        step_s = time.perf_counter() - start
-        ops_s = timer.seconds
-    finally:
-        timer.restore()
+    step_s, ops_s = time_ops(step, OPS)
     run(benchmark, step, group=f"ICL-AVS train step {BACKBONE} {BATCH}x{FRAMES} frames {IMAGE}px (fp32)",
         provider=provider, baseline=provider == "torch", items=BATCH * FRAMES, unit="frames", rounds=size(3, 1),
         ops_forward_ms=1000 * ops_s, ops_forward_share=ops_s / step_s)

@@ -9,20 +9,17 @@ those op calls during the forward (synchronised wrappers), with its share of the
 """
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
 
-from _harness import run, size
-from bench_step_avs import _OpTimer
+from _harness import run, size, time_ops, train_step
 
 BATCH = size(64, 8)
 GRID = size(14, 4)
 
 
-class _AVSTOpTimer(_OpTimer):
-    TARGETS = (("avfast.models.avst", "cross_attention"), ("avfast.nn.attention", "cross_attention"))
+OPS = (("avfast.models.avst", "cross_attention"), ("avfast.nn.attention", "cross_attention"))
 
 
 def _make_step(backend: str):
@@ -39,30 +36,14 @@ def _make_step(backend: str):
     visual = torch.randn(BATCH, 10, dim, GRID, GRID, generator=g).relu().to(device)
     question = torch.randint(1, 93, (BATCH, 14), generator=g).to(device)
     answer = torch.randint(0, 42, (BATCH,), generator=g).to(device)
-
-    def step():
-        total, _ = loss(model(audio, visual, question, visual_neg=negative_visual(visual)), answer)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    return step
+    return train_step(lambda: loss(model(audio, visual, question, visual_neg=negative_visual(visual)), answer)[0], opt)
 
 
 @pytest.mark.parametrize("provider", ["avfast", "torch"])
 def test_train_step_avst(benchmark, provider):
     step = _make_step("auto" if provider == "avfast" else "torch")
     step()  # warm-up
-    timer = _AVSTOpTimer()
-    try:
-        start = time.perf_counter()
-        step()
-        step_s = time.perf_counter() - start
-        ops_s = timer.seconds
-    finally:
-        timer.restore()
+    step_s, ops_s = time_ops(step, OPS)
     run(benchmark, step, group=f"AVST train step {BATCH} questions x 10 segments, {GRID}x{GRID} maps (fp32)",
         provider=provider, baseline=provider == "torch", items=BATCH, unit="questions", rounds=size(3, 1),
         ops_forward_ms=1000 * ops_s, ops_forward_share=ops_s / step_s)

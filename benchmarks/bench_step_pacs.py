@@ -9,20 +9,17 @@ the backward is not split out), reported with its share of the step.
 """
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
 
-from _harness import run, size
-from bench_step_avs import _OpTimer
+from _harness import run, size, time_ops, train_step
 
 BATCH, FRAMES = 64, 8
 WIDTH = size(768, 768)
 
 
-class _DCLOpTimer(_OpTimer):
-    TARGETS = (("avfast.models.dcl", "affinity_topk"), ("avfast.models.dcl", "contrastive_loss"))
+OPS = (("avfast.models.dcl", "affinity_topk"), ("avfast.models.dcl", "contrastive_loss"))
 
 
 def _make_step(backend: str):
@@ -39,30 +36,14 @@ def _make_step(backend: str):
         batch[f"audio{w}"] = torch.randn(BATCH, WIDTH, generator=g)
     batch = {k: v.to(device) for k, v in batch.items()}
     cfg = DCLLossConfig()
-
-    def step():
-        total, _ = dcl_objective(model, batch, cfg)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    return step
+    return train_step(lambda: dcl_objective(model, batch, cfg)[0], opt)
 
 
 @pytest.mark.parametrize("provider", ["avfast", "torch"])
 def test_train_step_pacs(benchmark, provider):
     step = _make_step("auto" if provider == "avfast" else "torch")
     step()  # warm-up
-    timer = _DCLOpTimer()
-    try:
-        start = time.perf_counter()
-        step()
-        step_s = time.perf_counter() - start
-        ops_s = timer.seconds
-    finally:
-        timer.restore()
+    step_s, ops_s = time_ops(step, OPS)
     run(benchmark, step, group=f"LateFusion w/ DCL train step, {BATCH} pairs of features (fp32)", provider=provider,
         baseline=provider == "torch", items=BATCH, unit="pairs", rounds=size(5, 1),
         ops_forward_ms=1000 * ops_s, ops_forward_share=ops_s / step_s)
