@@ -11,7 +11,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["TensorSource", "DatasetSource", "ManifestSource", "EvalClips", "dataset_variant", "mel_on_device"]
+__all__ = ["TensorSource", "DatasetSource", "training_source", "ManifestSource", "EvalClips", "dataset_variant", "mel_on_device"]
 
 
 class TensorSource:
@@ -223,3 +223,13 @@ class DatasetSource:
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "n": self.n, "batch_size": self.batch_size}
+
+
+def training_source(data, cfg, info, collate_fn=None):
+    """A family's training ``DataSource``: ``TensorSource`` for a dict of tensors (synthetic sets,
+    feature files loaded whole), ``DatasetSource`` for a map-style dataset; batch size, seed and
+    workers from ``cfg.data`` / ``cfg.train``, this rank's share from ``info``."""
+    kwargs = dict(seed=cfg.train.seed, rank=info.rank, world_size=info.world_size)
+    if isinstance(data, dict):
+        return TensorSource(data, cfg.data.batch_size, **kwargs)
+    return DatasetSource(data, cfg.data.batch_size, collate_fn=collate_fn, num_workers=cfg.data.num_workers, **kwargs)

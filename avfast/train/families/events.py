@@ -120,13 +120,9 @@ def _dataset(cfg, split: str):
 
 def _build_data(cfg, split, info):
     from avfast.data.vggsound import collate_events
-    from avfast.train.data import DatasetSource, TensorSource
+    from avfast.train.data import training_source
 
-    data, _ = _dataset(cfg, split)
-    if isinstance(data, dict):
-        return TensorSource(data, cfg.data.batch_size, seed=cfg.train.seed, rank=info.rank, world_size=info.world_size)
-    return DatasetSource(data, cfg.data.batch_size, collate_fn=collate_events, seed=cfg.train.seed,
-                         num_workers=cfg.data.num_workers, rank=info.rank, world_size=info.world_size)
+    return training_source(_dataset(cfg, split)[0], cfg, info, collate_events)
 
 
 def _eval_batches(cfg, data):

@@ -171,13 +171,9 @@ def _dataset(cfg, split):
 
 
 def _build_data(cfg, split, info):
-    from avfast.train.data import DatasetSource, TensorSource
+    from avfast.train.data import training_source
 
-    data = _dataset(cfg, split)
-    if isinstance(data, dict):
-        return TensorSource(data, cfg.data.batch_size, seed=cfg.train.seed, rank=info.rank, world_size=info.world_size)
-    return DatasetSource(data, cfg.data.batch_size, seed=cfg.train.seed, num_workers=cfg.data.num_workers,
-                         rank=info.rank, world_size=info.world_size)
+    return training_source(_dataset(cfg, split), cfg, info)
 
 
 def _evaluate(cfg, model, split, info):
