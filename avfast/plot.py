@@ -49,13 +49,15 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def _series(records: list[dict], key: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
+    """``key`` against ``step``, sorted by step; where a step was logged twice (a resumed run repeats
+    the steps after its checkpoint) the later record wins."""
+    by_step = {}
     for r in records:
         v = r.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and "step" in r:
-            xs.append(r["step"])
-            ys.append(float(v))
-    return xs, ys
+            by_step[r["step"]] = float(v)
+    steps = sorted(by_step)
+    return steps, [by_step[x] for x in steps]
 
 
 def _line_chart(plt, out: Path, title: str, series: dict[str, tuple[list, list]], ylabel: str, *, logy=False,

@@ -83,3 +83,11 @@ def test_without_matplotlib_a_log_line_says_skipped(tmp_path, monkeypatch):
     lines = []
     assert plot_run(tmp_path, log=lines.append) == [] and plot_bench([], tmp_path, log=lines.append) == []
     assert lines and all("plots skipped: matplotlib is not installed" in l for l in lines)
+
+
+def test_a_step_logged_twice_keeps_the_later_value():
+    from avfast.plot import _series
+
+    records = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 3, "loss": 1.5},
+               {"step": 2, "loss": 2.5}, {"step": 3, "loss": 1.0}, {"epoch": 1, "loss": 9.0}]  # resumed at step 1
+    assert _series(records, "loss") == ([1, 2, 3], [3.0, 2.5, 1.0])
