@@ -24,6 +24,7 @@ from torch import nn
 
 from avfast.metrics.retrieval import retrieval_summary
 from avfast.train.distributed import all_gather_cat, all_reduce_sum, unwrap_model
+from avfast.train.progress import track
 from avfast.train.trainer import move_to_device
 
 __all__ = ["embed_clips", "sharded_retrieval", "retrieval_metrics", "linear_probe", "mlp_probe", "probe_task",
@@ -53,7 +54,7 @@ def embed_clips(model: nn.Module, loader, device: torch.device, autocast_dtype: 
     model.eval()
     out: dict[str, list] = {}
     try:
-        for batch in loader:
+        for batch in track(loader, desc="embedding clips", unit="batch"):
             batch = move_to_device(batch, device)
             inputs = {"video": batch.get("video"), "audio_p": batch.get("audio"), "audio_s": batch.get("audio_s")}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -316,7 +317,7 @@ def probe_task(x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, train: torch
             raise ValueError(f"probe kinds are 'linear' and 'mlp' ({kind!r} given)")
         grid, fixed = settings[kind]
         best = None
-        for params in grid:
+        for params in track(grid, desc=f"{kind} probe grid", unit="fit"):
             probe = _fit_probe(xf, yf, classes, seed=seed, **fixed, **params)
             with torch.no_grad():
                 val_acc = top1_accuracy(probe(xv).argmax(1), yv)
