@@ -3,7 +3,7 @@
 Each file defines ``run() -> list[dict]`` (rows made with ``_timing.row``); within one (op, case)
 the speed-up is the baseline row's time over each row's time. Run on a CUDA machine:
 
-    python benchmarks/gpu_report.py [--only mel,attention] [--json out.json]
+    python benchmarks/gpu_report.py [--only mel,attention] [--json out.json] [--plot DIR]
 """
 from __future__ import annotations
 
@@ -54,10 +54,17 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bar_rows(rows: list[dict]) -> list[dict]:
+    """The report's rows in ``avfast.plot.plot_bench``'s form (one group per op and case)."""
+    return [{"group": f"{r['op']}: {r['case']} (GPU)", "provider": r["provider"], "mean_s": r["ms"] / 1e3,
+             "baseline": bool(r.get("baseline")), "speedup": r.get("speedup")} for r in rows]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated names (bench_<name>.py)")
     parser.add_argument("--json", default=None, help="write the rows as JSON here")
+    parser.add_argument("--plot", default=None, metavar="DIR", help="draw each (op, case)'s bars here (PNG)")
     args = parser.parse_args(argv)
     import torch
 
@@ -76,6 +83,11 @@ def main(argv=None) -> int:
     print(format_rows(rows) if rows else "no GPU benchmarks found")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.plot and rows:
+        from avfast.plot import plot_bench
+
+        for path in plot_bench(bar_rows(rows), args.plot):
+            print(f"plot: {path}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -91,3 +91,18 @@ def test_a_step_logged_twice_keeps_the_later_value():
     records = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 3, "loss": 1.5},
                {"step": 2, "loss": 2.5}, {"step": 3, "loss": 1.0}, {"epoch": 1, "loss": 9.0}]  # resumed at step 1
     assert _series(records, "loss") == ([1, 2, 3], [3.0, 2.5, 1.0])
+
+
+def test_gpu_report_rows_draw_bars(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_report
+
+    rows = gpu_report.with_speedups([
+        {"op": "mel", "case": "32x10s", "provider": "torch", "ms": 4.0, "baseline": True},
+        {"op": "mel", "case": "32x10s", "provider": "avfast triton", "ms": 1.0}])
+    bars = gpu_report.bar_rows(rows)
+    assert [r["speedup"] for r in bars] == [1.0, 4.0] and bars[0]["mean_s"] == 0.004
+    (png,) = plot_bench(bars, tmp_path)
+    assert png.stat().st_size > 1000
