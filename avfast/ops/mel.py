@@ -354,9 +354,24 @@ def _validate(wave: Tensor, cfg: MelConfig, lengths: Tensor | None) -> None:
         raise ValueError("mel_spectrogram: wave holds NaN or inf (check_finite=True)")
 
 
+def _given_masks(masks, batch: int, device: torch.device) -> MelMasks:
+    """Caller's masks checked (a ``MelMasks`` or (freq, time) pair of (B, n, 2) integer tensors), on ``device``."""
+    if not (isinstance(masks, tuple) and len(masks) == 2 and all(isinstance(m, Tensor) for m in masks)):
+        raise TypeError(f"mel_spectrogram: masks must be MelMasks(freq, time) of tensors ({type(masks).__name__} given)")
+    out = []
+    for name, m in zip(("freq", "time"), masks):
+        if m.dim() != 3 or m.shape[0] != batch or m.shape[2] != 2:
+            raise ValueError(f"mel_spectrogram: masks.{name} must be (B={batch}, n, 2) [start, end) "
+                             f"(shape {tuple(m.shape)} given)")
+        if m.dtype.is_floating_point or m.dtype == torch.bool:
+            raise TypeError(f"mel_spectrogram: masks.{name} must be an integer tensor (dtype {m.dtype} given)")
+        out.append(m.to(device, torch.long).contiguous())
+    return MelMasks(*out)
+
+
 def mel_spectrogram(wave: Tensor, config: MelConfig | str = "event", *, lengths: Tensor | None = None,
-                    generator: torch.Generator | None = None, return_masks: bool = False,
-                    backend: str = "auto") -> Tensor | tuple[Tensor, MelMasks]:
+                    generator: torch.Generator | None = None, masks: MelMasks | None = None,
+                    return_masks: bool = False, backend: str = "auto") -> Tensor | tuple[Tensor, MelMasks]:
     """Mel spectrogram with per-sample SpecAugment masks in one fused pass.
 
     .. devices:: CPU CUDA
@@ -369,6 +384,9 @@ def mel_spectrogram(wave: Tensor, config: MelConfig | str = "event", *, lengths:
         lengths: (B,) int valid samples per item; frames past a sample's end hold ``pad_value`` and
             time masks stay inside its valid frames. None: every item is T samples long.
         generator: draws masks and dither (per sample), so a seed reproduces them on every backend.
+        masks: given ``MelMasks`` (freq (B, nf, 2) mel rows, time (B, nt, 2) output frames, [start, end),
+            int64) applied instead of drawing (e.g. drawn by data workers with
+            ``avfast.data.device_mel_masks``); they apply whether or not ``config.masks`` is on.
         return_masks: also return ``MelMasks`` (freq (B, nf, 2) mel rows, time (B, nt, 2) frames, [start, end)).
         backend: ``"auto"`` | ``"torch"`` | ``"cpp"`` | ``"triton"`` | ``"cuda"``.
     Returns:
@@ -395,7 +413,9 @@ def mel_spectrogram(wave: Tensor, config: MelConfig | str = "event", *, lengths:
         lens = lengths.to(x.device, torch.long)
     if cfg.dither > 0:
         x = x + cfg.dither * torch.randn(x.shape, generator=generator, device=generator_device(generator)).to(x)
-    if cfg.masks:
+    if masks is not None:
+        masks = _given_masks(masks, B, x.device)
+    elif cfg.masks:
         n_out = cfg.out_frames(T)
         frames = torch.clamp(_valid_frames(lens, cfg), max=n_out)
         masks = draw_masks(frames, cfg.n_mels, freq_masks=cfg.freq_masks, freq_mask_max=cfg.freq_mask_max,

@@ -45,28 +45,11 @@ MODEL_INPUTS = {
 
 def device_mel(wave: torch.Tensor, freq_masks: torch.Tensor, time_masks: torch.Tensor, config) -> torch.Tensor:
     """Masked mel of a batch on ``wave``'s device: wave (B, C, N), masks (B, n, 2) [start, end) mel rows
-    / frames (``avfast.data.device_mel_masks``) -> (B, C, n_mels, frames), what the worker path gives.
-
-    One ``ops.mel_spectrogram`` call (masks off), then the masked rows and frames take the op's mask
-    value (after its normalisation: ``(mask_value - mean) / std``)."""
-    import dataclasses
-
+    / frames (``avfast.data.device_mel_masks``) -> (B, C, n_mels, frames), what the worker path gives:
+    one fused ``ops.mel_spectrogram`` call with the workers' masks."""
     from avfast import ops
 
-    if config.mask_value == "mean":
-        raise NotImplementedError("device_mel: mask_value='mean' is not supported (the dub preset masks with 0)")
-    y = ops.mel_spectrogram(wave, dataclasses.replace(config, masks=False))
-    if freq_masks.shape[1] == 0 and time_masks.shape[1] == 0:
-        return y
-    rows = torch.arange(y.shape[-2], device=y.device)
-    frames = torch.arange(y.shape[-1], device=y.device)
-
-    def hits(axis, masks):
-        masks = masks.to(y.device)
-        return ((axis[None, None] >= masks[..., :1]) & (axis[None, None] < masks[..., 1:])).any(1)  # (B, len)
-
-    masked = hits(rows, freq_masks)[:, None, :, None] | hits(frames, time_masks)[:, None, None, :]
-    return y.masked_fill(masked, (float(config.mask_value) - config.mean) / config.std)
+    return ops.mel_spectrogram(wave, config, masks=ops.MelMasks(freq_masks, time_masks))
 
 
 class DubObjective(nn.Module):

@@ -190,6 +190,31 @@ def test_masks_differ_with_seed_and_mean_value():
             assert_close(a[b][hit[b]], means[b].expand(int(hit[b].sum())), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch"] + FUSED)
+def test_given_masks_equal_drawn_masks(backend):
+    cfg = dataclasses.replace(SMALL["constant_pad_mean_mask"], masks=True, freq_masks=2, freq_mask_max=0.5,
+                              time_masks=2, time_mask_max=10)
+    x, lengths = _wave(3, 2, 1200), torch.tensor([1200, 700, 950])
+    drawn, m = mel_spectrogram(x, cfg, lengths=lengths, generator=torch.Generator().manual_seed(4), return_masks=True,
+                               backend="torch")
+    off = dataclasses.replace(cfg, masks=False)             # given masks apply whether or not config.masks is on
+    given = mel_spectrogram(x, off, lengths=lengths, masks=MelMasks(m.freq.int(), m.time), backend=backend)
+    assert_close(given, drawn, atol=1e-3, rtol=1e-4, msg=backend)
+    other = MelMasks(m.freq, m.time.roll(1, 0))            # another sample's time masks: must differ
+    assert not torch.allclose(mel_spectrogram(x, off, lengths=lengths, masks=other, backend=backend), drawn, atol=1e-2)
+
+
+@pytest.mark.parametrize("masks, err, match", [
+    ((torch.zeros(3, 1, 2, dtype=torch.long),), TypeError, "MelMasks"),
+    (MelMasks(torch.zeros(2, 1, 2, dtype=torch.long), torch.zeros(3, 1, 2, dtype=torch.long)), ValueError, "masks.freq"),
+    (MelMasks(torch.zeros(3, 1, 2, dtype=torch.long), torch.zeros(3, 1, 3, dtype=torch.long)), ValueError, "masks.time"),
+    (MelMasks(torch.zeros(3, 1, 2), torch.zeros(3, 1, 2, dtype=torch.long)), TypeError, "integer"),
+])
+def test_given_masks_bad_input(masks, err, match):
+    with pytest.raises(err, match=match):
+        mel_spectrogram(_wave(3, 900), SMALL["dub"], masks=masks)
+
+
 # Autograd, custom op, compile -------------------------------------------------------------------
 
 
