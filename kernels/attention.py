@@ -297,28 +297,43 @@ def _sm_count(device: torch.device) -> int:
 
 MAX_HEAD_DIM = 512
 
-# fp16/bf16 dK/dV tiles per head-dim block (BLOCK_M = rows per step of its loop over the group's rows,
-# BLOCK_N = keys per program, warps, stages), per target where they differ; every entry compiles
-# without spills (benchmarks/compile_check.py fails otherwise).
-_DKDV = {16: (64, 64, 4, 2), 32: (32, 64, 4, 2), 64: (32, 64, 4, 2), 128: (64, 64, 8, 2), 256: (32, 32, 4, 2),
+# fp16/bf16 tiles, every one compiled spill-free by ptxas 12.8 for sm_80 / sm_86 / sm_89 / sm_90 with
+# every flag (masks, bias with its gradient, dropout); benchmarks/compile_check.py fails on any spill.
+# Forward and dQ: (head-dim block, BLOCK_M) -> (BLOCK_N, num_warps, num_stages); BLOCK_M follows the
+# packed rows up to _ROW_CAP. dK/dV: head-dim block -> (BLOCK_M rows per step of its loop over the
+# group's rows, BLOCK_N keys per program, num_warps, num_stages). _SM90: sm_90's entries that differ.
+_FWD = {**{(bd, bm): (64, 4, 2) for bd in (16, 32, 64, 128) for bm in (16, 32, 64)},
+        (16, 128): (64, 8, 2), (32, 128): (64, 8, 2), (64, 64): (64, 4, 1), (64, 128): (64, 8, 1),
+        (128, 64): (64, 8, 2), (256, 16): (32, 4, 2), (256, 32): (32, 4, 2), (256, 64): (32, 8, 2),
+        (512, 16): (32, 4, 2), (512, 32): (32, 8, 1)}
+_DQ = {**{(bd, bm): (64, 4, 2) for bd in (16, 32, 64) for bm in (16, 32, 64)},
+       (16, 128): (64, 8, 2), (32, 128): (64, 8, 2), (64, 64): (32, 8, 2), (64, 128): (32, 8, 2),
+       (128, 16): (64, 4, 2), (128, 32): (64, 8, 2), (256, 16): (32, 4, 2), (512, 16): (16, 8, 2)}
+_DKDV = {16: (64, 64, 4, 2), 32: (32, 64, 4, 2), 64: (32, 64, 4, 2), 128: (32, 32, 8, 2), 256: (32, 32, 8, 2),
          512: (16, 16, 8, 1)}
-_DKDV_TARGET = {90: {128: (32, 128, 8, 2)}}
+_SM90 = dict(fwd={(64, 64): (64, 4, 2), (64, 128): (64, 8, 2), (128, 64): (64, 4, 2), (512, 16): (32, 8, 2),
+                  (512, 32): (32, 8, 2)},
+             dq={(64, 64): (64, 4, 2), (64, 128): (64, 8, 2), (512, 16): (32, 8, 2)},
+             dkdv={32: (64, 64, 4, 2), 128: (32, 128, 8, 2)})
+# largest BLOCK_M per head-dim block: the forward's (128 up to Dh 64, then 64; 32 at 512), dQ's
+# smaller (it holds q, dO and the dq accumulator across the key loop)
+_ROW_CAP = dict(fwd={16: 128, 32: 128, 64: 128, 128: 64, 256: 64, 512: 32},
+                dq={16: 128, 32: 128, 64: 128, 128: 32, 256: 16, 512: 16})
 
 
-def _row_block(rows: int, block_d: int) -> int:
-    """BLOCK_M of the kernels whose programs own query rows: the packed rows, in [16, 64] (128 at
-    head dims <= 64)."""
-    return min(max(16, next_pow2(rows)), 128 if block_d <= 64 else 64)
+def _row_block(rows: int, block_d: int, kind: str = "fwd") -> int:
+    """BLOCK_M of a kernel whose programs own query rows: the packed rows, in [16, its cap]."""
+    return min(max(16, next_pow2(rows)), _ROW_CAP[kind][block_d])
 
 
 def _half_tiles(rows: int, block_d: int, cap: int) -> tuple[Tile, Tile, Tile]:
     """(forward, dQ, dK/dV) tiles of fp16/bf16 at this head-dim block on sm_<cap>."""
-    bm = _row_block(rows, block_d)
-    fwd = Tile(bm, 64 if block_d <= 128 else 32, 4 if bm * block_d <= 64 * 64 else 8, 2)
-    dq = Tile(bm, 64 if block_d <= 64 else 32 if block_d <= 256 else 16,
-              4 if bm * block_d <= 32 * 256 and block_d <= 256 else 8, 2)
-    dkdv = Tile(*_DKDV_TARGET.get(cap, {}).get(block_d, _DKDV[block_d]))
-    return fwd, dq, dkdv
+    sm90 = _SM90 if cap >= 90 else dict(fwd={}, dq={}, dkdv={})
+    out = []
+    for kind, table in (("fwd", _FWD), ("dq", _DQ)):
+        bm = _row_block(rows, block_d, kind)
+        out.append(Tile(bm, *sm90[kind].get((block_d, bm), table[block_d, bm])))
+    return out[0], out[1], Tile(*sm90["dkdv"].get(block_d, _DKDV[block_d]))
 
 
 def _shared_estimate(kind: str, t: Tile, bd: int, elem: int) -> int:
@@ -348,7 +363,7 @@ def tiles(rows: int, dh: int, dtype: torch.dtype, device) -> tuple[tuple[Tile, T
     block_d = max(16, next_pow2(dh))
     if interpreting():
         bm = _row_block(rows, block_d)
-        return (Tile(bm, 32, 4, 1), Tile(bm, 32, 4, 1), Tile(bm, 32, 4, 1)), None
+        return (Tile(bm, 32, 4, 1), Tile(_row_block(rows, block_d, "dq"), 32, 4, 1), Tile(bm, 32, 4, 1)), None
     cap, limit, _ = target_info(device)
     half = _half_tiles(rows, block_d, cap)
     if dtype != torch.float32:
@@ -369,12 +384,27 @@ def tiles(rows: int, dh: int, dtype: torch.dtype, device) -> tuple[tuple[Tile, T
     return tuple(out), None
 
 
-def refusal(rows: int, dh: int, dtype: torch.dtype, device) -> list[str]:
-    """Why the Triton kernels cannot run this head dim / dtype on the target (empty: they can)."""
+# Targets on which the fp16/bf16 dQ kernel at head dims 257-512 spills with key masks (kv_lens or
+# key_padding_mask) and attn_bias together and more than one query, with every tile tried (16 x 16 and
+# 16 x 32, 4 / 8 / 16 warps, 1 / 2 stages; ptxas 12.8): q and dO (16 x 512 each) are dot operands
+# held across the key loop. The backward of those calls is refused there (torch serves them).
+_WIDE_MASKED_BIAS_SPILLS = (86, 89, 90)
+
+
+def refusal(rows: int, dh: int, dtype: torch.dtype, device, *, lq: int = 1, masks: bool = False,
+            bias: bool = False, needs_grad: bool = False) -> list[str]:
+    """Why the Triton kernels cannot run this head dim / dtype / call on the target (empty: they can)."""
     if dh > MAX_HEAD_DIM:
         return [f"head dim {dh} > {MAX_HEAD_DIM} (Triton kernels)"]
     why = tiles(rows, dh, dtype, device)[1]
-    return [why] if why else []
+    if why:
+        return [why]
+    cap = target_info(device)[0]
+    if (dtype != torch.float32 and dh > 256 and masks and bias and needs_grad and lq > 1 and not interpreting()
+            and cap in _WIDE_MASKED_BIAS_SPILLS):
+        return [f"{str(dtype).replace('torch.', '')} head dim {dh} backward with key masks and attn_bias together "
+                f"spills registers on sm_{cap} (dQ kernel); use head dim <= 256 or backend='torch'"]
+    return []
 
 
 def plan(b: int, hkv: int, rows: int, lk: int, dh: int, device: torch.device, splits: int | None = None,
