@@ -122,6 +122,22 @@ def test_half_spills_fail_the_check():
     assert not hasattr(cc, "KNOWN_SPILLS")
 
 
+@pytest.mark.parametrize("cap,refused", [(80, False), (86, True), (89, True), (90, True)])
+def test_wide_masked_bias_backward_is_refused_where_it_spills(monkeypatch, cap, refused):
+    # the compile check proves each side per target (refused: spills with the check off; accepted: spill-free)
+    from avfast.kernels import attention
+
+    monkeypatch.setenv("AVFAST_TRITON_TILES", "gpu")
+    monkeypatch.setattr(attention, "target_info", lambda device: (cap, standin.SHARED_LIMIT[cap], standin.SM_COUNT[cap]))
+    call = dict(lq=16, masks=True, bias=True, needs_grad=True)
+    why = attention.refusal(32, 512, torch.bfloat16, "cpu", **call)
+    assert bool(why) == refused and all("spills registers" in w for w in why)
+    assert not attention.refusal(32, 512, torch.bfloat16, "cpu", **dict(call, needs_grad=False))
+    assert not attention.refusal(32, 512, torch.bfloat16, "cpu", **dict(call, bias=False))
+    assert not attention.refusal(2, 512, torch.bfloat16, "cpu", **dict(call, lq=1))
+    assert not attention.refusal(32, 256, torch.bfloat16, "cpu", **call)
+
+
 def test_ptxas_log_parser():
     log = ("ptxas info    : Compiling entry function 'k' for 'sm_90a'\n"
            "ptxas info    : Used 168 registers, used 1 barriers\n"
