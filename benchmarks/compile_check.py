@@ -39,6 +39,7 @@ from avfast import _backend
 from avfast.kernels import standin
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_REGISTER_REFUSAL = "spills registers"  # the phrase of dispatch refusals made for the register budget
 _SHORT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
@@ -192,10 +193,16 @@ class Outcome:
     compiled: bool
     error: str = ""
     refusal: str = ""
+    spilled: bool = False   # refused, and with the check off an fp16/bf16 variant spilled
 
     @property
     def ok(self) -> bool:
         return self.accepted == self.compiled
+
+    @property
+    def register_refusal(self) -> bool:
+        """Refused for the register budget (spills), a rule over a class of calls."""
+        return not self.accepted and _REGISTER_REFUSAL in self.refusal
 
 
 def _attempt(case: Case, enforce: bool) -> tuple[bool, str]:
@@ -234,7 +241,7 @@ def run_case(case: Case, capability: int, tgt: standin.Target | None = None) -> 
         spilled = _half_spills(case, tgt.launched(first)) if compiled and tgt is not None else []
         if spilled:
             compiled, err2 = False, "spills " + ", ".join(f"{r.kernel} {r.spills} B" for r in spilled)
-        return Outcome(case.op, case.label, capability, False, compiled, err2, refusal=err)
+        return Outcome(case.op, case.label, capability, False, compiled, err2, refusal=err, spilled=bool(spilled))
     return Outcome(case.op, case.label, capability, True, False, err)
 
 
@@ -266,11 +273,21 @@ def _check_target(cap: int, full: bool, ops: tuple[str, ...] | None, verbose: bo
                 if out.accepted:
                     served.update(tgt.launches[first_launch:])
                 outcomes.append(out)
-                if not out.ok:
+                if not out.ok and not out.register_refusal:
                     what = ("dispatch accepts but it does not compile" if out.accepted
                             else "dispatch refuses but it compiles")
                     failures.append(f"sm_{cap} {case.op} {case.label}: {what} {out.error}")
         variants = list(tgt.records)
+    # a register-budget refusal covers a class of calls (some may land on a specialisation that happens
+    # to fit): at least one refused call of the class must spill with the check off on this target
+    by_reason: dict[str, list[Outcome]] = {}
+    for out in outcomes:
+        if out.register_refusal:
+            by_reason.setdefault(out.refusal.split(_REGISTER_REFUSAL)[0].split(":")[-1], []).append(out)
+    for group in by_reason.values():
+        if not any(o.spilled for o in group):
+            failures.append(f"sm_{cap} {group[0].op}: dispatch refuses {len(group)} calls for the register budget "
+                            f"but none spills with the check off ({', '.join(o.label for o in group)})")
     seconds = time.perf_counter() - start
     print(f"sm_{cap}: {len(outcomes)} cases, {len(variants)} variants compiled in {seconds:.0f} s", flush=True)
     return dict(outcomes=outcomes, variants=variants, served=[v for v in variants if v.hash in served],

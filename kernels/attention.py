@@ -305,16 +305,15 @@ MAX_HEAD_DIM = 512
 _FWD = {**{(bd, bm): (64, 4, 2) for bd in (16, 32, 64, 128) for bm in (16, 32, 64)},
         (16, 128): (64, 8, 2), (32, 128): (64, 8, 2), (64, 64): (64, 4, 1), (64, 128): (64, 8, 1),
         (128, 64): (64, 8, 2), (256, 16): (32, 4, 2), (256, 32): (32, 4, 2), (256, 64): (32, 8, 2),
-        (512, 16): (32, 4, 2), (512, 32): (32, 8, 1)}
+        (512, 16): (32, 8, 2), (512, 32): (32, 8, 1)}
 _DQ = {**{(bd, bm): (64, 4, 2) for bd in (16, 32, 64) for bm in (16, 32, 64)},
        (16, 128): (64, 8, 2), (32, 128): (64, 8, 2), (64, 64): (32, 8, 2), (64, 128): (32, 8, 2),
        (128, 16): (64, 4, 2), (128, 32): (64, 8, 2), (256, 16): (32, 4, 2), (512, 16): (16, 8, 2)}
-_DKDV = {16: (64, 64, 4, 2), 32: (32, 64, 4, 2), 64: (32, 64, 4, 2), 128: (32, 32, 8, 2), 256: (32, 32, 8, 2),
+_DKDV = {16: (64, 64, 4, 2), 32: (32, 64, 4, 2), 64: (32, 32, 8, 2), 128: (32, 32, 8, 2), 256: (32, 32, 8, 2),
          512: (16, 16, 8, 1)}
-_SM90 = dict(fwd={(64, 64): (64, 4, 2), (64, 128): (64, 8, 2), (128, 64): (64, 4, 2), (512, 16): (32, 8, 2),
-                  (512, 32): (32, 8, 2)},
+_SM90 = dict(fwd={(64, 64): (64, 4, 2), (64, 128): (64, 8, 2), (128, 64): (64, 4, 2), (512, 32): (32, 8, 2)},
              dq={(64, 64): (64, 4, 2), (64, 128): (64, 8, 2), (512, 16): (32, 8, 2)},
-             dkdv={32: (64, 64, 4, 2), 128: (32, 128, 8, 2)})
+             dkdv={32: (64, 64, 4, 2), 128: (32, 64, 8, 2)})
 # largest BLOCK_M per head-dim block: the forward's (128 up to Dh 64, then 64; 32 at 512), dQ's
 # smaller (it holds q, dO and the dq accumulator across the key loop)
 _ROW_CAP = dict(fwd={16: 128, 32: 128, 64: 128, 128: 64, 256: 64, 512: 32},
@@ -385,9 +384,10 @@ def tiles(rows: int, dh: int, dtype: torch.dtype, device) -> tuple[tuple[Tile, T
 
 
 # Targets on which the fp16/bf16 dQ kernel at head dims 257-512 spills with key masks (kv_lens or
-# key_padding_mask) and attn_bias together and more than one query, with every tile tried (16 x 16 and
-# 16 x 32, 4 / 8 / 16 warps, 1 / 2 stages; ptxas 12.8): q and dO (16 x 512 each) are dot operands
-# held across the key loop. The backward of those calls is refused there (torch serves them).
+# key_padding_mask) and attn_bias together, with every tile tried (16 x 16 and 16 x 32, 4 / 8 / 16
+# warps, 1 / 2 stages; ptxas 12.8): q and dO (16 x 512 each) are dot operands held across the key
+# loop. Some query counts compile spill-free (other specialisations), most do not: the backward of
+# those calls is refused there (auto picks another backend).
 _WIDE_MASKED_BIAS_SPILLS = (86, 89, 90)
 
 
@@ -400,7 +400,7 @@ def refusal(rows: int, dh: int, dtype: torch.dtype, device, *, lq: int = 1, mask
     if why:
         return [why]
     cap = target_info(device)[0]
-    if (dtype != torch.float32 and dh > 256 and masks and bias and needs_grad and lq > 1 and not interpreting()
+    if (dtype != torch.float32 and dh > 256 and masks and bias and needs_grad and not interpreting()
             and cap in _WIDE_MASKED_BIAS_SPILLS):
         return [f"{str(dtype).replace('torch.', '')} head dim {dh} backward with key masks and attn_bias together "
                 f"spills registers on sm_{cap} (dQ kernel); use head dim <= 256 or backend='torch'"]

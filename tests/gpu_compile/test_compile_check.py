@@ -134,7 +134,6 @@ def test_wide_masked_bias_backward_is_refused_where_it_spills(monkeypatch, cap, 
     assert bool(why) == refused and all("spills registers" in w for w in why)
     assert not attention.refusal(32, 512, torch.bfloat16, "cpu", **dict(call, needs_grad=False))
     assert not attention.refusal(32, 512, torch.bfloat16, "cpu", **dict(call, bias=False))
-    assert not attention.refusal(2, 512, torch.bfloat16, "cpu", **dict(call, lq=1))
     assert not attention.refusal(32, 256, torch.bfloat16, "cpu", **call)
 
 
