@@ -10,20 +10,25 @@ nothing. Per case and target:
   the shared memory (else dispatch refuses a shape that works).
 
 Each distinct specialisation compiles once per target (Triton's own JIT cache). Results: one row
-per compiled variant (num_warps, num_stages, shared bytes, registers, spill bytes from ``ptxas -v``);
-fp16/bf16 variants must be spill-free. ``--full`` walks every flag combination on every target; the
-default (CI) grid walks the tile-deciding axes (dtype, D / head dim, rows, k, preset) on every target
-and the flag combinations on sm_90 only.
+per compiled variant (num_warps, num_stages, shared bytes, registers and spill bytes from ``ptxas -v``);
+every fp16/bf16 variant must be spill-free (the exact fp32 "ieee" dots may spill: documented in
+benchmarks/RESULTS.md; mel computes in fp32 whatever the input dtype). ``--full`` walks every flag
+combination and dtype on every target; the default (CI) grid walks the tile-deciding axes (dtype,
+D / head dim, rows, k, preset) on every target, the attention flags (masks, bias, dropout: they change
+the register budget) for bf16 on every target, and the other flag combinations on sm_90 only.
+Targets run in ``--jobs`` processes (default 2).
 
-    python benchmarks/compile_check.py [--full] [--targets 90,86] [--json out.json] [--table]
+    python benchmarks/compile_check.py [--full] [--targets 90,86] [--ops cross_attention] [--jobs 2] [--json out.json] [--table]
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
 import json
+import multiprocessing
 import sys
 import time
 from typing import Callable, Iterator
@@ -34,13 +39,7 @@ from avfast import _backend
 from avfast.kernels import standin
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Half-precision variants that still spill (issue 11, open): reported as KNOWN SPILL on every run, not
-# failures, so CI guards everything else. ptxas 13 (triton passes --regAllocOptLevel=2) gives sm_80's
-# dK/dV kernel only 32 registers; on sm_90 the larger tiles that fit its shared memory make the
-# attention backward (and the bias+dropout forward at head dim 256, contrastive dy with ids at D=128)
-# spill 8 B - 7.5 KB per thread. Empty this set to make them fail again.
-KNOWN_SPILLS = {("_attn_bwd_dkdv_kernel", 80), ("_attn_bwd_dkdv_kernel", 90), ("_attn_bwd_dq_kernel", 90),
-                ("_attn_fwd_kernel", 90), ("_contrastive_dy_kernel", 90)}
+_REGISTER_REFUSAL = "spills registers"  # the phrase of dispatch refusals made for the register budget
 _SHORT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
@@ -127,32 +126,40 @@ def _affinity_cases(full: bool, flags: bool) -> list[Case]:
 
 
 def _attention_cases(full: bool, flags: bool) -> list[Case]:
+    """Half precision: every head-dim block (16 .. 512) x every row block (16 .. 128), without and with
+    every flag (kv_lens, key_padding_mask, attn_bias with its gradient, dropout) for bf16 on every
+    target; fp16 (sm_90 / --full) and fp32 (the shared-memory limits) on fewer shapes."""
     from avfast.ops import cross_attention
 
     cases = []
-    dims = (32, 64, 80, 128, 256, 512) if full else (64, 128, 256, 512) if flags else (128, 256, 512)
-    rows = (2, 16, 32, 64, 128) if full else (2, 32, 128) if flags else (2, 128)  # packed rows per kv head
-    options = [(False, False), (True, True)]
-    for dtype, dh, lq, (masks, extras) in itertools.product(_dtypes(full, flags), dims, rows, options):
-        if masks and not (flags and (full or dtype == torch.bfloat16)):
-            continue
-        def run(dtype=dtype, dh=dh, lq=lq, masks=masks, extras=extras):
-            b, hq, hkv, lk = 2, 2, 1, 96
-            q = torch.randn(b, hq, max(1, lq // 2), dh, dtype=dtype, requires_grad=True)
-            k = torch.randn(b, hkv, lk, dh, dtype=dtype, requires_grad=True)
-            v = torch.randn(b, hkv, lk, dh, dtype=dtype, requires_grad=True)
-            kw = {}
-            if masks:
-                kw["kv_lens"] = torch.tensor([lk, lk // 2])
-                kw["key_padding_mask"] = torch.zeros(b, lk, dtype=torch.bool)
-            if extras:
-                kw["attn_bias"] = torch.zeros(1, hq, 1, lk, dtype=dtype, requires_grad=True)
-                kw["dropout_p"] = 0.1
-                kw["generator"] = torch.Generator().manual_seed(0)
-            cross_attention(q, k, v, backend="triton", **kw).float().sum().backward()
-        cases.append(Case("cross_attention", f"{_SHORT[dtype]} Dh={dh} rows={max(1, lq // 2) * 2}"
-                                             f"{' masks' if masks else ''}{' bias+dropout' if extras else ''}",
-                          run, dtype))
+    half_dims = (16, 32, 64, 80, 128, 256, 512) if full else (16, 32, 64, 128, 256, 512)
+    fp32_dims = (32, 64, 80, 128, 256, 512) if full else (64, 128, 256, 512) if flags else (128, 256, 512)
+    half_rows = (2, 16, 32, 64, 128) if full else (2, 32, 64, 128)  # packed rows per kv head
+    fp32_rows = (2, 16, 32, 64, 128) if full else (2, 32, 128) if flags else (2, 128)
+    options = [(False, False), (True, False), (False, True), (True, True)] if full else [(False, False), (True, True)]
+    for dtype in _dtypes(full, flags):
+        half = dtype != torch.float32
+        for dh, lq, (masks, extras) in itertools.product(half_dims if half else fp32_dims,
+                                                         half_rows if half else fp32_rows, options):
+            if (masks or extras) and not (full or dtype == torch.bfloat16):
+                continue
+            def run(dtype=dtype, dh=dh, lq=lq, masks=masks, extras=extras):
+                b, hq, hkv, lk = 2, 2, 1, 96
+                q = torch.randn(b, hq, max(1, lq // 2), dh, dtype=dtype, requires_grad=True)
+                k = torch.randn(b, hkv, lk, dh, dtype=dtype, requires_grad=True)
+                v = torch.randn(b, hkv, lk, dh, dtype=dtype, requires_grad=True)
+                kw = {}
+                if masks:
+                    kw["kv_lens"] = torch.tensor([lk, lk // 2])
+                    kw["key_padding_mask"] = torch.zeros(b, lk, dtype=torch.bool)
+                if extras:
+                    kw["attn_bias"] = torch.zeros(1, hq, 1, lk, dtype=dtype, requires_grad=True)
+                    kw["dropout_p"] = 0.1
+                    kw["generator"] = torch.Generator().manual_seed(0)
+                cross_attention(q, k, v, backend="triton", **kw).float().sum().backward()
+            cases.append(Case("cross_attention", f"{_SHORT[dtype]} Dh={dh} rows={max(1, lq // 2) * 2}"
+                                                 f"{' masks' if masks else ''}{' bias+dropout' if extras else ''}",
+                              run, dtype))
     return cases
 
 
@@ -186,10 +193,16 @@ class Outcome:
     compiled: bool
     error: str = ""
     refusal: str = ""
+    spilled: bool = False   # refused, and with the check off an fp16/bf16 variant spilled
 
     @property
     def ok(self) -> bool:
         return self.accepted == self.compiled
+
+    @property
+    def register_refusal(self) -> bool:
+        """Refused for the register budget (spills), a rule over a class of calls."""
+        return not self.accepted and _REGISTER_REFUSAL in self.refusal
 
 
 def _attempt(case: Case, enforce: bool) -> tuple[bool, str]:
@@ -209,66 +222,111 @@ def _attempt(case: Case, enforce: bool) -> tuple[bool, str]:
     return True, ""
 
 
-def run_case(case: Case, capability: int) -> Outcome:
+def _half_spills(case: Case, records) -> list:
+    """The fp16/bf16 variants among ``records`` that spill (mel computes in fp32 whatever its input)."""
+    if case.dtype == torch.float32 or case.op == "mel_spectrogram":
+        return []
+    return [r for r in records if r.spills]
+
+
+def run_case(case: Case, capability: int, tgt: standin.Target | None = None) -> Outcome:
+    """Accepted: it must compile. Refused: with the check off it must fail to compile, exceed the
+    shared memory, or (fp16/bf16) spill, else dispatch refuses a shape that works."""
     ran, err = _attempt(case, enforce=True)
     if ran:
         return Outcome(case.op, case.label, capability, True, True)
     if err.startswith("refused"):
+        first = len(tgt.launches) if tgt is not None else 0
         compiled, err2 = _attempt(case, enforce=False)
-        return Outcome(case.op, case.label, capability, False, compiled, err2, refusal=err)
+        spilled = _half_spills(case, tgt.launched(first)) if compiled and tgt is not None else []
+        if spilled:
+            compiled, err2 = False, "spills " + ", ".join(f"{r.kernel} {r.spills} B" for r in spilled)
+        return Outcome(case.op, case.label, capability, False, compiled, err2, refusal=err, spilled=bool(spilled))
     return Outcome(case.op, case.label, capability, True, False, err)
 
 
-def check(targets=standin.TARGETS, *, full: bool = False, ops: tuple[str, ...] | None = None,
-          log=print, verbose: bool = False) -> dict:
-    """Run the grid; returns {"outcomes": [...], "variants": [...], "failures": [...], "seconds": s}."""
+def _check_target(cap: int, full: bool, ops: tuple[str, ...] | None, verbose: bool) -> dict:
+    """One target's outcomes, compiled variants and failures (runs in a worker process with --jobs)."""
     start = time.perf_counter()
-    outcomes, variants, failures = [], [], []
-    for cap in targets:
-        flags = full or cap == 90
-        with standin.target(cap) as tgt:
-            for grid in GRIDS:
-                for case in grid(full, flags):
-                    if ops and case.op not in ops:
-                        continue
-                    first = len(tgt.records)
-                    t0 = time.perf_counter()
-                    out = run_case(case, cap)
-                    if verbose:
-                        log(f"  sm_{cap} {case.op} {case.label}: {'accepted' if out.accepted else 'refused'}"
-                            f"{'' if out.ok else ' MISMATCH ' + out.error[:120]} ({time.perf_counter() - t0:.1f} s)")
-                    for rec in tgt.records[first:]:
-                        rec.op, rec.dtype = case.op, _SHORT[case.dtype]
-                    outcomes.append(out)
-                    if not out.ok:
-                        what = ("dispatch accepts but it does not compile" if out.accepted
-                                else "dispatch refuses but it compiles")
-                        failures.append(f"sm_{cap} {case.op} {case.label}: {what} {out.error}")
-            for rec in tgt.records:
-                variants.append(rec)
-                if rec.spills and rec.dtype in ("fp16", "bf16") and rec.op != "mel_spectrogram":
-                    if (rec.kernel, cap) in KNOWN_SPILLS:
-                        log(f"KNOWN SPILL sm_{cap} {rec.kernel} {rec.constexprs}: {rec.spills} bytes ({rec.dtype})")
-                        continue
-                    failures.append(f"sm_{cap} {rec.kernel} {rec.constexprs}: {rec.spills} spill bytes on a "
-                                    f"{rec.dtype} path")
-        log(f"sm_{cap}: {sum(o.capability == cap for o in outcomes)} cases, "
-            f"{sum(v.capability == cap for v in variants)} variants compiled "
-            f"({time.perf_counter() - start:.0f} s so far)")
-    return dict(outcomes=outcomes, variants=variants, failures=failures, seconds=time.perf_counter() - start)
+    outcomes, failures, spilling, served = [], [], set(), set()
+    flags = full or cap == 90
+    with standin.target(cap) as tgt:
+        for grid in GRIDS:
+            for case in grid(full, flags):
+                if ops and case.op not in ops:
+                    continue
+                first, first_launch = len(tgt.records), len(tgt.launches)
+                t0 = time.perf_counter()
+                out = run_case(case, cap, tgt)
+                if verbose:
+                    print(f"  sm_{cap} {case.op} {case.label}: {'accepted' if out.accepted else 'refused'}"
+                          f"{'' if out.ok else ' MISMATCH ' + out.error[:120]} ({time.perf_counter() - t0:.1f} s)",
+                          flush=True)
+                for rec in tgt.records[first:]:
+                    rec.op, rec.dtype = case.op, _SHORT[case.dtype]
+                for rec in _half_spills(case, tgt.launched(first_launch)) if out.accepted else []:
+                    if rec.hash not in spilling:  # each spilling variant once, at the first case launching it
+                        spilling.add(rec.hash)
+                        failures.append(f"sm_{cap} {rec.kernel} {rec.constexprs} (num_warps={rec.num_warps}, "
+                                        f"num_stages={rec.num_stages}): {rec.spills} spill bytes on a "
+                                        f"{_SHORT[case.dtype]} path ({case.label})")
+                if out.accepted:
+                    served.update(tgt.launches[first_launch:])
+                outcomes.append(out)
+                if not out.ok and not out.register_refusal:
+                    what = ("dispatch accepts but it does not compile" if out.accepted
+                            else "dispatch refuses but it compiles")
+                    failures.append(f"sm_{cap} {case.op} {case.label}: {what} {out.error}")
+        variants = list(tgt.records)
+    # a register-budget refusal covers a class of calls (some may land on a specialisation that happens
+    # to fit): at least one refused call of the class must spill with the check off on this target
+    by_reason: dict[str, list[Outcome]] = {}
+    for out in outcomes:
+        if out.register_refusal:
+            by_reason.setdefault(out.refusal.split(_REGISTER_REFUSAL)[0].split(":")[-1], []).append(out)
+    for group in by_reason.values():
+        if not any(o.spilled for o in group):
+            failures.append(f"sm_{cap} {group[0].op}: dispatch refuses {len(group)} calls for the register budget "
+                            f"but none spills with the check off ({', '.join(o.label for o in group)})")
+    seconds = time.perf_counter() - start
+    print(f"sm_{cap}: {len(outcomes)} cases, {len(variants)} variants compiled in {seconds:.0f} s", flush=True)
+    return dict(outcomes=outcomes, variants=variants, served=[v for v in variants if v.hash in served],
+                failures=failures, seconds=seconds)
+
+
+def check(targets=standin.TARGETS, *, full: bool = False, ops: tuple[str, ...] | None = None,
+          verbose: bool = False, jobs: int = 1) -> dict:
+    """Run the grid, one target per worker process when ``jobs`` > 1; returns {"outcomes": [...],
+    "variants": every compiled variant, "served": those launched by a call dispatch accepts (not only by
+    the check-off rerun of a refused one), "failures": [...], "seconds": wall, "cpu_seconds": summed}."""
+    start = time.perf_counter()
+    args = [(cap, full, ops, verbose) for cap in targets]
+    if jobs > 1 and len(targets) > 1:
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(targets)),
+                                                    mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_check_target, *zip(*args)))
+    else:
+        parts = [_check_target(*a) for a in args]
+    merged = {key: [x for part in parts for x in part[key]] for key in ("outcomes", "variants", "served", "failures")}
+    return dict(merged, seconds=time.perf_counter() - start, cpu_seconds=sum(p["seconds"] for p in parts))
 
 
 def table(variants) -> str:
-    """Markdown table: per kernel and target, variants, max shared bytes, max registers, max spills."""
+    """Markdown table per kernel and target: variants, max shared bytes (and the limit), max registers,
+    max spill bytes of the variants computing in fp16/bf16 (must be 0) and in fp32 (the exact "ieee"
+    dots may spill; mel computes in fp32 whatever its input)."""
     groups: dict[tuple[str, int], list] = {}
     for v in variants:
         groups.setdefault((v.kernel, v.capability), []).append(v)
-    lines = ["| kernel | target | variants | max shared (B) | limit (B) | max regs | max spill (B) | spilling variants |",
+    lines = ["| kernel | target | variants | max shared (B) | limit (B) | max regs | max spill, fp16/bf16 (B) "
+             "| max spill, fp32 (B) (spilling variants) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (kernel, cap), vs in sorted(groups.items()):
-        spilling = [v for v in vs if v.spills]
+        half = [v.spills for v in vs if v.dtype in ("fp16", "bf16") and v.op != "mel_spectrogram"]
+        full = [v.spills for v in vs if not (v.dtype in ("fp16", "bf16") and v.op != "mel_spectrogram")]
         lines.append(f"| {kernel} | sm_{cap} | {len(vs)} | {max(v.shared for v in vs)} | {standin.SHARED_LIMIT[cap]} "
-                     f"| {max(v.registers for v in vs)} | {max(v.spills for v in vs)} | {len(spilling)} |")
+                     f"| {max(v.registers for v in vs)} | {max(half) if half else '-'} "
+                     f"| {f'{max(full)} ({sum(x > 0 for x in full)})' if full else '-'} |")
     return "\n".join(lines)
 
 
@@ -280,22 +338,25 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="")
     p.add_argument("--table", action="store_true", help="print the markdown table of variants")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per case")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes, one target each (default 2)")
     args = p.parse_args(argv)
     targets = tuple(int(t) for t in args.targets.split(","))
     ops = tuple(o for o in args.ops.split(",") if o) or None
-    res = check(targets, full=args.full, ops=ops, log=lambda m: print(m, flush=True), verbose=args.verbose)
+    res = check(targets, full=args.full, ops=ops, verbose=args.verbose, jobs=args.jobs)
     refused = [o for o in res["outcomes"] if not o.accepted]
     print(f"compile check: {len(res['outcomes'])} cases, {len(res['variants'])} variants compiled, "
-          f"{len(refused)} cases refused by dispatch, {res['seconds']:.0f} s")
+          f"{len(refused)} cases refused by dispatch, {res['seconds']:.0f} s wall "
+          f"({res['cpu_seconds']:.0f} s summed over the targets' workers)")
     for o in refused:
         print(f"  refused sm_{o.capability} {o.op} {o.label}: {o.refusal[:200]}")
     if args.table:
-        print(table(res["variants"]))
+        print(table(res["served"]))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(seconds=res["seconds"], failures=res["failures"],
+            json.dump(dict(seconds=res["seconds"], cpu_seconds=res["cpu_seconds"], failures=res["failures"],
                            outcomes=[dataclasses.asdict(o) for o in res["outcomes"]],
-                           variants=[dataclasses.asdict(v) for v in res["variants"]]), f, indent=1, default=str)
+                           variants=[dict(dataclasses.asdict(v), served=v in res["served"]) for v in res["variants"]]),
+                      f, indent=1, default=str)
     for f in res["failures"]:
         print("FAIL", f)
     return 1 if res["failures"] else 0

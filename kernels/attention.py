@@ -31,7 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from avfast.kernels.utils import device_guard, fp32_dot_precision, interpreting, next_pow2, target_info
+from avfast.kernels.utils import (device_guard, fp32_dot_precision, interpreting, next_pow2, register_cap,
+                                  target_info)
 
 
 @triton.jit
@@ -65,23 +66,23 @@ def _load_rows(X, b, h, m, rmask, offs_d, Dh, sxb, sxh, sxm):
 
 
 @triton.jit
-def _scores(q, k, valid_n, Bias, b, h, m, rmask, offs_n, sbb, sbh, sbm, sbn, scale,
-            HAS_BIAS: tl.constexpr, PREC: tl.constexpr):
-    """s = q k^T * scale + bias (BLOCK_M, BLOCK_N) in fp32, -inf at masked keys."""
-    s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
+def _scores(a, b_t, valid, Bias, b, H, M, N, bmask, sbb, sbh, sbm, sbn, scale, HAS_BIAS: tl.constexpr,
+            PREC: tl.constexpr):
+    """a @ b_t * scale + bias in fp32, -inf where not ``valid``: rows x keys (q, k^T) or keys x rows
+    (k, q^T); the bias indices H (head), M (query), N (key) and the masks come broadcast in that
+    orientation."""
+    s = tl.dot(a, b_t, input_precision=PREC) * scale
     if HAS_BIAS:
-        bmask = rmask[:, None] & valid_n[None, :]
-        s += tl.load(Bias + b * sbb + h[:, None] * sbh + m[:, None] * sbm + offs_n[None, :] * sbn,
-                     mask=bmask, other=0.0).to(tl.float32)
-    return tl.where(valid_n[None, :], s, float("-inf"))
+        s += tl.load(Bias + b * sbb + H * sbh + M * sbm + N * sbn, mask=bmask, other=0.0).to(tl.float32)
+    return tl.where(valid, s, float("-inf"))
 
 
 @triton.jit
-def _dropped(p, Keep, grow, rmask, offs_n, Lk, drop_scale, HAS_DROPOUT: tl.constexpr):
-    """p * keep / (1 - dropout_p) with the keep mask (B, Hq, Lq, Lk) drawn in Python."""
+def _dropped(p, Keep, R, N, kmask, Lk, drop_scale, HAS_DROPOUT: tl.constexpr):
+    """p * keep / (1 - dropout_p) with the keep mask (B, Hq, Lq, Lk) drawn in Python; R: global row of
+    (B, Hq, Lq), N: key, broadcast in p's orientation."""
     if HAS_DROPOUT:
-        kmask = rmask[:, None] & (offs_n[None, :] < Lk)
-        keep = tl.load(Keep + grow[:, None] * Lk + offs_n[None, :], mask=kmask, other=0)
+        keep = tl.load(Keep + R * Lk + N, mask=kmask, other=0)
         p = tl.where(keep != 0, p * drop_scale, 0.0)
     return p
 
@@ -112,14 +113,6 @@ def _load_lse(LSE, grow, rmask):
 
 
 @triton.jit
-def _row_delta(do, O, grow, rmask, offs_d, Dh):
-    """delta = rowsum(do * out) (BLOCK_M,) in fp32; out is contiguous (B, Hq, Lq, Dh)."""
-    mask = rmask[:, None] & (offs_d[None, :] < Dh)
-    o = tl.load(O + grow[:, None] * Dh + offs_d[None, :], mask=mask, other=0.0)
-    return tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-
-
-@triton.jit
 def _attn_fwd_kernel(Q, K, V, Bias, KPM, Lens, Keep, Out, LSE,
                      sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbb, sbh, sbm, sbn,
                      Hq, Hkv, G, Lq, Lk, Dh, keys_per_split, scale, drop_scale, out_split_stride, lse_split_stride,
@@ -137,13 +130,15 @@ def _attn_fwd_kernel(Q, K, V, Bias, KPM, Lens, Keep, Out, LSE,
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         k, v, valid = _load_kv_tile(K, V, KPM, b, hk, offs_n, offs_d, end, Lk, Dh, skb, skh, skn, svb, svh, svn, HAS_KPM)
-        s = _scores(q, k, valid, Bias, b, h, m, rmask, offs_n, sbb, sbh, sbm, sbn, scale, HAS_BIAS, PREC)
+        bmask = rmask[:, None] & valid[None, :]
+        s = _scores(q, tl.trans(k), valid[None, :], Bias, b, h[:, None], m[:, None], offs_n[None, :], bmask,
+                    sbb, sbh, sbm, sbn, scale, HAS_BIAS, PREC)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp(s - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        p = _dropped(p, Keep, grow, rmask, offs_n, Lk, drop_scale, HAS_DROPOUT)
+        p = _dropped(p, Keep, grow[:, None], offs_n[None, :], bmask, Lk, drop_scale, HAS_DROPOUT)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -156,12 +151,50 @@ def _attn_fwd_kernel(Q, K, V, Bias, KPM, Lens, Keep, Out, LSE,
 
 
 @triton.jit
-def _attn_bwd_dkdv_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, O, LSE, DK, DV,
+def _attn_bwd_dq_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, O, LSE, DQ, Delta,
+                        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbb, sbh, sbm, sbn, sdb, sdh, sdm,
+                        Hq, Hkv, G, Lq, Lk, Dh, keys_per_split, scale, drop_scale, dq_split_stride,
+                        HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
+                        HAS_DROPOUT: tl.constexpr, PREC: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dq of BLOCK_M packed rows over one key split; split 0 also stores
+    delta = rowsum(dO * O) for the dK/dV kernel launched after it."""
+    b, hk, pid_m, split = _query_program(Hkv)
+    h, m, grow, rmask = _group_rows(pid_m * BLOCK_M, b, hk, Hq, G, Lq, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_rows(Q, b, h, m, rmask, offs_d, Dh, sqb, sqh, sqm)
+    do = _load_rows(DO, b, h, m, rmask, offs_d, Dh, sdb, sdh, sdm)
+    lse = _load_lse(LSE, grow, rmask)
+    omask = rmask[:, None] & (offs_d[None, :] < Dh)
+    o = tl.load(O + grow[:, None] * Dh + offs_d[None, :], mask=omask, other=0.0)   # out is contiguous
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    tl.store(Delta + grow, delta, mask=rmask & (split == 0))
+    start, end = _key_range(Lens, b, split, keys_per_split, Lk, HAS_LENS)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k, v, valid = _load_kv_tile(K, V, KPM, b, hk, offs_n, offs_d, end, Lk, Dh, skb, skh, skn, svb, svh, svn, HAS_KPM)
+        bmask = rmask[:, None] & valid[None, :]
+        s = _scores(q, tl.trans(k), valid[None, :], Bias, b, h[:, None], m[:, None], offs_n[None, :], bmask,
+                    sbb, sbh, sbm, sbn, scale, HAS_BIAS, PREC)
+        p = tl.exp(s - lse[:, None])
+        dp = _dropped(tl.dot(do, tl.trans(v), input_precision=PREC), Keep, grow[:, None], offs_n[None, :], bmask, Lk,
+                      drop_scale, HAS_DROPOUT)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    tl.store(DQ + split * dq_split_stride + grow[:, None] * Dh + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=omask)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, Delta, LSE, DK, DV, DBias,
                           sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbb, sbh, sbm, sbn, sdb, sdh, sdm,
                           Hq, Hkv, G, Lq, Lk, Dh, scale, drop_scale,
                           HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
-                          HAS_DROPOUT: tl.constexpr, PREC: tl.constexpr,
+                          HAS_DROPOUT: tl.constexpr, BIAS_GRAD: tl.constexpr, PREC: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dk, dv (and dbias = ds) of BLOCK_N keys over the group's packed rows, in the keys x rows
+    orientation (s^T = k q^T): p^T and ds^T feed the dv / dk dots without a transpose of the fp32 tiles."""
     b, hk, pid_n, _ = _query_program(Hkv)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -175,52 +208,23 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, O, LSE, DK, DV,
             q = _load_rows(Q, b, h, m, rmask, offs_d, Dh, sqb, sqh, sqm)
             do = _load_rows(DO, b, h, m, rmask, offs_d, Dh, sdb, sdh, sdm)
             lse = _load_lse(LSE, grow, rmask)
-            delta = _row_delta(do, O, grow, rmask, offs_d, Dh)
-            s = _scores(q, k, valid, Bias, b, h, m, rmask, offs_n, sbb, sbh, sbm, sbn, scale, HAS_BIAS, PREC)
-            p = tl.exp(s - lse[:, None])
-            p_drop = _dropped(p, Keep, grow, rmask, offs_n, Lk, drop_scale, HAS_DROPOUT)
-            dv += tl.dot(tl.trans(p_drop.to(do.dtype)), do, input_precision=PREC)
-            dp = _dropped(tl.dot(do, tl.trans(v), input_precision=PREC), Keep, grow, rmask, offs_n, Lk, drop_scale,
-                          HAS_DROPOUT)
-            ds = p * (dp - delta[:, None])
-            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+            delta = tl.load(Delta + grow, mask=rmask, other=0.0)
+            bmask = valid[:, None] & rmask[None, :]
+            s_t = _scores(k, tl.trans(q), valid[:, None], Bias, b, h[None, :], m[None, :], offs_n[:, None], bmask,
+                          sbb, sbh, sbm, sbn, scale, HAS_BIAS, PREC)
+            p_t = tl.exp(s_t - lse[None, :])
+            p_drop = _dropped(p_t, Keep, grow[None, :], offs_n[:, None], bmask, Lk, drop_scale, HAS_DROPOUT)
+            dv += tl.dot(p_drop.to(do.dtype), do, input_precision=PREC)
+            dp_t = _dropped(tl.dot(v, tl.trans(do), input_precision=PREC), Keep, grow[None, :], offs_n[:, None], bmask,
+                            Lk, drop_scale, HAS_DROPOUT)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
+            if BIAS_GRAD:
+                tl.store(DBias + grow[None, :] * Lk + offs_n[:, None], ds_t, mask=(offs_n[:, None] < end) & rmask[None, :])
     row = (b * Hkv + hk) * Lk + offs_n
     mask = (offs_n[:, None] < Lk) & (offs_d[None, :] < Dh)
     tl.store(DK + row[:, None] * Dh + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=mask)
     tl.store(DV + row[:, None] * Dh + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _attn_bwd_dq_kernel(Q, K, V, Bias, KPM, Lens, Keep, DO, O, LSE, DQ, DBias,
-                        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbb, sbh, sbm, sbn, sdb, sdh, sdm,
-                        Hq, Hkv, G, Lq, Lk, Dh, keys_per_split, scale, drop_scale, dq_split_stride,
-                        HAS_BIAS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
-                        HAS_DROPOUT: tl.constexpr, BIAS_GRAD: tl.constexpr, PREC: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    b, hk, pid_m, split = _query_program(Hkv)
-    h, m, grow, rmask = _group_rows(pid_m * BLOCK_M, b, hk, Hq, G, Lq, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    q = _load_rows(Q, b, h, m, rmask, offs_d, Dh, sqb, sqh, sqm)
-    do = _load_rows(DO, b, h, m, rmask, offs_d, Dh, sdb, sdh, sdm)
-    lse = _load_lse(LSE, grow, rmask)
-    delta = _row_delta(do, O, grow, rmask, offs_d, Dh)
-    start, end = _key_range(Lens, b, split, keys_per_split, Lk, HAS_LENS)
-    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        k, v, valid = _load_kv_tile(K, V, KPM, b, hk, offs_n, offs_d, end, Lk, Dh, skb, skh, skn, svb, svh, svn, HAS_KPM)
-        s = _scores(q, k, valid, Bias, b, h, m, rmask, offs_n, sbb, sbh, sbm, sbn, scale, HAS_BIAS, PREC)
-        p = tl.exp(s - lse[:, None])
-        dp = _dropped(tl.dot(do, tl.trans(v), input_precision=PREC), Keep, grow, rmask, offs_n, Lk, drop_scale,
-                      HAS_DROPOUT)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
-        if BIAS_GRAD:
-            bmask = rmask[:, None] & (offs_n[None, :] < end)
-            tl.store(DBias + grow[:, None] * Lk + offs_n[None, :], ds, mask=bmask)
-    mask = rmask[:, None] & (offs_d[None, :] < Dh)
-    tl.store(DQ + split * dq_split_stride + grow[:, None] * Dh + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=mask)
 
 
 @triton.jit
@@ -249,18 +253,42 @@ def _merge_splits_kernel(Part, PartLSE, Out, LSE, rows, Dh, S, BLOCK_R: tl.const
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
-    """Tiles and key splits for one call: BLOCK_M follows Lq, splits fill the GPU."""
+class Tile:
+    """One kernel's launch configuration: BLOCK_M query rows, BLOCK_N keys, warps, pipeline stages."""
 
     block_m: int
     block_n: int
+    num_warps: int
+    num_stages: int
+
+    def launch(self, block_d: int) -> dict:
+        """The constexpr / launch keywords, with the launch's register cap stated in the PTX
+        (``maxnreg`` -> ``.maxnreg``): without it ptxas 12.8 sometimes allocates far fewer registers
+        than the launch allows and spills instead (the former dK/dV kernel: 32 registers and 5-16 KB
+        of spills on sm_80, 255 registers for the same PTX on sm_86)."""
+        return dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_D=block_d, num_warps=self.num_warps,
+                    num_stages=self.num_stages, maxnreg=register_cap(self.num_warps))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Tiles of the three kernels and the key split for one call: BLOCK_M of the forward and dQ
+    follows the packed rows, splits fill the GPU."""
+
     block_d: int
+    fwd: Tile
+    dq: Tile
+    dkdv: Tile
     splits: int
     keys_per_split: int
-    num_warps: int
-    num_stages: int = 2
-    dkdv_warps: int = 4   # warps of the backward kernels, chosen so fp16/bf16 compile without spills
-    dq_warps: int = 4
+
+    @property
+    def block_m(self) -> int:
+        return self.fwd.block_m
+
+    @property
+    def block_n(self) -> int:
+        return self.fwd.block_n
 
 
 def _sm_count(device: torch.device) -> int:
@@ -269,71 +297,134 @@ def _sm_count(device: torch.device) -> int:
 
 MAX_HEAD_DIM = 512
 
+# fp16/bf16 tiles, every one compiled spill-free by ptxas 12.8 for sm_80 / sm_86 / sm_89 / sm_90 with
+# every flag (masks, bias with its gradient, dropout); benchmarks/compile_check.py fails on any spill.
+# Forward and dQ: (head-dim block, BLOCK_M) -> (BLOCK_N, num_warps, num_stages); BLOCK_M follows the
+# packed rows up to _ROW_CAP. dK/dV: head-dim block -> (BLOCK_M rows per step of its loop over the
+# group's rows, BLOCK_N keys per program, num_warps, num_stages). _SM90: sm_90's entries that differ.
+_FWD = {**{(bd, bm): (64, 4, 2) for bd in (16, 32, 64, 128) for bm in (16, 32, 64)},
+        (16, 128): (64, 8, 2), (32, 128): (64, 8, 2), (64, 64): (64, 4, 1), (64, 128): (64, 8, 1),
+        (128, 64): (64, 8, 2), (256, 16): (32, 4, 2), (256, 32): (32, 4, 2), (256, 64): (32, 8, 2),
+        (512, 16): (32, 8, 2), (512, 32): (32, 8, 1)}
+_DQ = {**{(bd, bm): (64, 4, 2) for bd in (16, 32, 64) for bm in (16, 32, 64)},
+       (16, 128): (64, 8, 2), (32, 128): (64, 8, 2), (64, 64): (32, 8, 2), (64, 128): (32, 8, 2),
+       (128, 16): (64, 4, 2), (128, 32): (64, 8, 2), (256, 16): (32, 4, 2), (512, 16): (16, 8, 2)}
+_DKDV = {16: (64, 64, 4, 2), 32: (32, 64, 4, 2), 64: (32, 32, 8, 2), 128: (32, 32, 8, 2), 256: (32, 32, 8, 2),
+         512: (16, 16, 8, 1)}
+_SM90 = dict(fwd={(64, 64): (64, 4, 2), (64, 128): (64, 8, 2), (128, 64): (64, 4, 2), (512, 32): (32, 8, 2)},
+             dq={(64, 64): (64, 4, 2), (64, 128): (64, 8, 2), (512, 16): (32, 8, 2)},
+             dkdv={32: (64, 64, 4, 2), 128: (32, 64, 8, 2)})
+# largest BLOCK_M per head-dim block: the forward's (128 up to Dh 64, then 64; 32 at 512), dQ's
+# smaller (it holds q, dO and the dq accumulator across the key loop)
+_ROW_CAP = dict(fwd={16: 128, 32: 128, 64: 128, 128: 64, 256: 64, 512: 32},
+                dq={16: 128, 32: 128, 64: 128, 128: 32, 256: 16, 512: 16})
 
-def _shared_estimate(bm: int, bn: int, bd: int, elem: int, stages: int) -> int:
-    """Upper estimate of the shared bytes of the worst of the three kernels: the streamed tiles of
-    the pipelined stages (K, V in forward / dq; Q, dO in dK/dV) plus the resident ones and one score
-    tile, with a 25 % margin (checked by benchmarks/compile_check.py on every target)."""
-    buffers = max(1, stages - 1)
-    fwd = buffers * 2 * bn * bd * elem + 2 * bm * bd * elem + bm * bn * elem
-    dkdv = buffers * 2 * bm * bd * elem + 2 * bn * bd * elem + 2 * bm * bn * elem
-    return int(max(fwd, dkdv) * 1.25)
+
+def _row_block(rows: int, block_d: int, kind: str = "fwd") -> int:
+    """BLOCK_M of a kernel whose programs own query rows: the packed rows, in [16, its cap]."""
+    return min(max(16, next_pow2(rows)), _ROW_CAP[kind][block_d])
 
 
-def tiles(rows: int, dh: int, dtype: torch.dtype, device) -> tuple[tuple[int, int, int, int], str | None]:
-    """((BLOCK_M, BLOCK_N, num_warps, num_stages), None), or (the smallest tiles, why they do not fit
-    the target's shared memory). BLOCK_M follows the packed rows, in [16, 64] (128 at Dh <= 64);
-    tiles and stages shrink until the estimate fits. The exact fp32 path ("ieee") keeps 32-wide tiles."""
+def _half_tiles(rows: int, block_d: int, cap: int) -> tuple[Tile, Tile, Tile]:
+    """(forward, dQ, dK/dV) tiles of fp16/bf16 at this head-dim block on sm_<cap>."""
+    sm90 = _SM90 if cap >= 90 else dict(fwd={}, dq={}, dkdv={})
+    out = []
+    for kind, table in (("fwd", _FWD), ("dq", _DQ)):
+        bm = _row_block(rows, block_d, kind)
+        out.append(Tile(bm, *sm90[kind].get((block_d, bm), table[block_d, bm])))
+    return out[0], out[1], Tile(*sm90["dkdv"].get(block_d, _DKDV[block_d]))
+
+
+def _shared_estimate(kind: str, t: Tile, bd: int, elem: int) -> int:
+    """Upper estimate of one kernel's shared bytes: the streamed tiles of the pipelined stages (K, V
+    in the forward / dQ; Q, dO in dK/dV) plus the resident ones and one score tile, with a 25 % margin
+    (checked by benchmarks/compile_check.py on every target)."""
+    streamed, resident = (t.block_n, t.block_m) if kind != "dkdv" else (t.block_m, t.block_n)
+    buffers = max(1, t.num_stages - 1)
+    return int((buffers * 2 * streamed * bd + 2 * resident * bd + 2 * t.block_m * t.block_n) * elem * 1.25)
+
+
+def _shrink(t: Tile) -> Tile | None:
+    """The next smaller tile: one stage, then the larger of BLOCK_M / BLOCK_N halved (>= 16)."""
+    if t.num_stages > 1:
+        return dataclasses.replace(t, num_stages=1)
+    if max(t.block_m, t.block_n) <= 16:
+        return None
+    if t.block_m >= t.block_n:
+        return dataclasses.replace(t, block_m=t.block_m // 2)
+    return dataclasses.replace(t, block_n=t.block_n // 2)
+
+
+def tiles(rows: int, dh: int, dtype: torch.dtype, device) -> tuple[tuple[Tile, Tile, Tile], str | None]:
+    """((forward, dQ, dK/dV) tiles, None), or (the smallest tiles, why they do not fit the target's
+    shared memory). fp16/bf16: the spill-free tables above. float32: the same tiles (32-wide at most
+    on the exact "ieee" path), stages and tiles shrunk until each kernel's estimate fits."""
     block_d = max(16, next_pow2(dh))
-    bm0 = min(max(16, next_pow2(rows)), 128 if block_d <= 64 else 64)
-    bn0 = 64 if block_d <= 128 else 32
     if interpreting():
-        return (bm0, 32, 4, 1), None
-    elem = 4 if dtype == torch.float32 else 2
-    if dtype == torch.float32 and fp32_dot_precision() == "ieee":
-        bm0, bn0 = min(bm0, 32), min(bn0, 32)
+        bm = _row_block(rows, block_d)
+        return (Tile(bm, 32, 4, 1), Tile(_row_block(rows, block_d, "dq"), 32, 4, 1), Tile(bm, 32, 4, 1)), None
     cap, limit, _ = target_info(device)
-    candidates = [(bm0, bn0, 2), (bm0, bn0, 1), (min(bm0, 32), bn0, 1), (16, min(bn0, 32), 1), (16, 16, 1)]
-    for bm, bn, stages in candidates:
-        if _shared_estimate(bm, bn, block_d, elem, stages) <= limit:
-            return (bm, bn, 4 if bm * block_d <= 64 * 64 else 8, stages), None
-    bm, bn, stages = candidates[-1]
-    return ((bm, bn, 4 if bm * block_d <= 64 * 64 else 8, stages),
-            f"{str(dtype).replace('torch.', '')} head dim {dh}: ~{_shared_estimate(bm, bn, block_d, elem, stages)} "
-            f"bytes of shared memory with the smallest tiles ({bm} x {bn}), above the {limit} of sm_{cap}")
+    half = _half_tiles(rows, block_d, cap)
+    if dtype != torch.float32:
+        return half, None
+    ieee = fp32_dot_precision() == "ieee"
+    out = []
+    for kind, t in zip(("fwd", "dq", "dkdv"), half):
+        if ieee:
+            t = dataclasses.replace(t, block_m=min(t.block_m, 32), block_n=min(t.block_n, 32))
+        while _shared_estimate(kind, t, block_d, 4) > limit:
+            smaller = _shrink(t)
+            if smaller is None:
+                return tuple(out + [t]), (f"float32 head dim {dh}: ~{_shared_estimate(kind, t, block_d, 4)} bytes of "
+                                          f"shared memory with the smallest tiles ({t.block_m} x {t.block_n}), above "
+                                          f"the {limit} of sm_{cap}")
+            t = smaller
+        out.append(t)
+    return tuple(out), None
 
 
-def refusal(rows: int, dh: int, dtype: torch.dtype, device) -> list[str]:
-    """Why the Triton kernels cannot run this head dim / dtype on the target (empty: they can)."""
+# Targets on which the fp16/bf16 dQ kernel at head dims 257-512 spills with key masks (kv_lens or
+# key_padding_mask) and attn_bias together, with every tile tried (16 x 16 and 16 x 32, 4 / 8 / 16
+# warps, 1 / 2 stages; ptxas 12.8): q and dO (16 x 512 each) are dot operands held across the key
+# loop. Some query counts compile spill-free (other specialisations), most do not: the backward of
+# those calls is refused there (auto picks another backend).
+_WIDE_MASKED_BIAS_SPILLS = (86, 89, 90)
+
+
+def refusal(rows: int, dh: int, dtype: torch.dtype, device, *, lq: int = 1, masks: bool = False,
+            bias: bool = False, needs_grad: bool = False) -> list[str]:
+    """Why the Triton kernels cannot run this head dim / dtype / call on the target (empty: they can)."""
     if dh > MAX_HEAD_DIM:
         return [f"head dim {dh} > {MAX_HEAD_DIM} (Triton kernels)"]
     why = tiles(rows, dh, dtype, device)[1]
-    return [why] if why else []
+    if why:
+        return [why]
+    cap = target_info(device)[0]
+    if (dtype != torch.float32 and dh > 256 and masks and bias and needs_grad and not interpreting()
+            and cap in _WIDE_MASKED_BIAS_SPILLS):
+        return [f"{str(dtype).replace('torch.', '')} head dim {dh} backward with key masks and attn_bias together "
+                f"spills registers on sm_{cap} (dQ kernel); use head dim <= 256 or backend='torch'"]
+    return []
 
 
 def plan(b: int, hkv: int, rows: int, lk: int, dh: int, device: torch.device, splits: int | None = None,
          dtype: torch.dtype = torch.float16) -> Plan:
-    """Tile sizes and the key split for B * Hkv query groups of ``rows`` = (Hq / Hkv) * Lq packed rows.
+    """Tiles and the key split for B * Hkv query groups of ``rows`` = (Hq / Hkv) * Lq packed rows.
 
     Tiles from ``tiles``; the keys are split when fewer than 2 programs per SM would run, each split
-    keeping >= 2 key blocks.
+    keeping >= 2 key blocks of the forward (dQ reuses the split).
     """
     block_d = max(16, next_pow2(dh))
-    (block_m, block_n, num_warps, num_stages), _ = tiles(rows, dh, dtype, device)
-    n_blocks = triton.cdiv(lk, block_n)
+    (fwd, dq, dkdv), _ = tiles(rows, dh, dtype, device)
+    n_blocks = triton.cdiv(lk, fwd.block_n)
     if splits is None:
-        programs = b * hkv * triton.cdiv(rows, block_m)
+        programs = b * hkv * triton.cdiv(rows, fwd.block_m)
         target = 2 * _sm_count(device)
         splits = 1 if programs >= target else min(triton.cdiv(target, programs), max(1, n_blocks // 2))
     splits = max(1, min(splits, n_blocks))
-    keys_per_split = triton.cdiv(n_blocks, splits) * block_n
+    keys_per_split = triton.cdiv(n_blocks, splits) * fwd.block_n
     splits = triton.cdiv(lk, keys_per_split)
-    # dK/dV holds two fp32 (BLOCK_N, Dh) accumulators plus K, V, Q, dO tiles; dQ one accumulator
-    dkdv_warps = 16 if block_d >= 512 else 8 if max(block_m, block_n) * block_d >= 64 * 64 else 4
-    dq_warps = 4 if block_m * block_d <= 32 * 256 and block_d <= 256 else 8
-    if interpreting():
-        dkdv_warps = dq_warps = 4
-    return Plan(block_m, block_n, block_d, splits, keys_per_split, num_warps, num_stages, dkdv_warps, dq_warps)
+    return Plan(block_d, fwd, dq, dkdv, splits, keys_per_split)
 
 
 def _strides(x: torch.Tensor | None) -> tuple[int, ...]:
@@ -375,8 +466,7 @@ def attention_forward(q, k, v, kv_lens, kpm, bias, keep, scale: float, dropout_p
     grid = (triton.cdiv(g * lq, pl.block_m), b * hkv, pl.splits)
     with device_guard(q):
         _attn_fwd_kernel[grid](*tensors, out, lse, *strides, hq, hkv, g, lq, lk, dh, pl.keys_per_split, scale,
-                               drop_scale, b * hq * lq * dh, b * hq * lq, **flags, BLOCK_M=pl.block_m,
-                               BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.num_warps, num_stages=pl.num_stages)
+                               drop_scale, b * hq * lq * dh, b * hq * lq, **flags, **pl.fwd.launch(pl.block_d))
     if pl.splits == 1:
         return out, lse
     return merge_splits(out, lse, q.dtype)
@@ -409,17 +499,16 @@ def attention_backward(dout, q, k, v, out, lse, kv_lens, kpm, bias, keep, scale:
     dk, dv = torch.empty(b, hkv, lk, dh, dtype=k.dtype, device=q.device), torch.empty(b, hkv, lk, dh, dtype=v.dtype,
                                                                                         device=q.device)
     common = (*strides, *_strides(dout))
-    with device_guard(q):
-        _attn_bwd_dkdv_kernel[(triton.cdiv(lk, pl.block_n), b * hkv)](
-            *tensors, dout, out, lse, dk, dv, *common, hq, hkv, g, lq, lk, dh, scale, drop_scale, **flags,
-            BLOCK_M=pl.block_m, BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, num_warps=pl.dkdv_warps, num_stages=pl.num_stages)
     dq_dtype = q.dtype if pl.splits == 1 else torch.float32
     dq = torch.empty(pl.splits, b, hq, lq, dh, dtype=dq_dtype, device=q.device)
     dbias = torch.zeros(b, hq, lq, lk, dtype=torch.float32, device=q.device) if bias_grad else None
+    delta = torch.empty(b, hq, lq, dtype=torch.float32, device=q.device)  # rowsum(dout * out), from the dQ kernel
     with device_guard(q):
-        _attn_bwd_dq_kernel[(triton.cdiv(g * lq, pl.block_m), b * hkv, pl.splits)](
-            *tensors, dout, out, lse, dq, dbias, *common, hq, hkv, g, lq, lk, dh, pl.keys_per_split, scale,
-            drop_scale, b * hq * lq * dh, **flags, BIAS_GRAD=bias_grad, BLOCK_M=pl.block_m, BLOCK_N=pl.block_n,
-            BLOCK_D=pl.block_d, num_warps=pl.dq_warps, num_stages=pl.num_stages)
+        _attn_bwd_dq_kernel[(triton.cdiv(g * lq, pl.dq.block_m), b * hkv, pl.splits)](
+            *tensors, dout, out, lse, dq, delta, *common, hq, hkv, g, lq, lk, dh, pl.keys_per_split, scale,
+            drop_scale, b * hq * lq * dh, **flags, **pl.dq.launch(pl.block_d))
+        _attn_bwd_dkdv_kernel[(triton.cdiv(lk, pl.dkdv.block_n), b * hkv)](
+            *tensors, dout, delta, lse, dk, dv, dbias, *common, hq, hkv, g, lq, lk, dh, scale, drop_scale, **flags,
+            BIAS_GRAD=bias_grad, **pl.dkdv.launch(pl.block_d))
     dq = dq[0] if pl.splits == 1 else dq.sum(0).to(q.dtype)
     return dq, dk, dv, dbias

@@ -50,6 +50,7 @@ class Compiled:
     spill_loads: int
     op: str = ""      # filled in by the caller that knows which op / input dtype launched it
     dtype: str = ""
+    hash: str = ""    # Triton's hash of the compiled kernel; Target.launches lists it once per launch
 
     @property
     def spills(self) -> int:
@@ -80,10 +81,12 @@ class _Utils:
 
 class _Launcher:
     def __init__(self, src, metadata):
-        pass
+        self.hash = metadata.hash
 
     def __call__(self, *args, **kwargs):
-        return None
+        tgt = active()
+        if tgt is not None:  # nothing runs: the launch is only recorded (a JIT cache hit compiles nothing)
+            tgt.launches.append(self.hash)
 
 
 class StandInDriver(DriverBase):
@@ -131,13 +134,20 @@ class StandInDriver(DriverBase):
 
 
 class Target:
-    """The active stand-in target: ``capability``, ``shared_limit``, ``sm_count`` and ``records``."""
+    """The active stand-in target: ``capability``, ``shared_limit``, ``sm_count``, ``records`` (one per
+    compiled specialisation) and ``launches`` (the hash of the kernel of every launch, in order)."""
 
     def __init__(self, capability: int):
         self.capability = capability
         self.shared_limit = SHARED_LIMIT[capability]
         self.sm_count = SM_COUNT[capability]
         self.records: list[Compiled] = []
+        self.launches: list[str] = []
+
+    def launched(self, since: int = 0) -> list[Compiled]:
+        """The records of the kernels launched from ``launches[since]`` on (cache hits included)."""
+        hashes = set(self.launches[since:])
+        return [r for r in self.records if r.hash in hashes]
 
 
 _ACTIVE: list[Target] = []
@@ -163,7 +173,8 @@ def _recording_compile(real):
         constexprs = {src.fn.arg_names[path[0]]: getattr(value, "value", value)
                       for path, value in src.constants.items() if len(path) == 1}
         tgt.records.append(Compiled(name, tgt.capability, constexprs, kernel.metadata.num_warps,
-                                    kernel.metadata.num_stages, kernel.metadata.shared, regs, st, ld))
+                                    kernel.metadata.num_stages, kernel.metadata.shared, regs, st, ld,
+                                    hash=kernel.hash))
         return kernel
 
     return compile

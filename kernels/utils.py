@@ -82,3 +82,9 @@ def fp32_dot_precision() -> str:
     "highest" (torch's default) -> "ieee" (exact fp32; spills registers on big tiles, see
     benchmarks/RESULTS.md), "high" -> "tf32x3" (three TF32 products, about fp32 accuracy), "medium" -> "tf32"."""
     return {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}[torch.get_float32_matmul_precision()]
+
+
+def register_cap(num_warps: int) -> int:
+    """Registers per thread a launch of ``num_warps`` warps may use: 64K per SM shared by the block's
+    threads, at most 255 (passed as Triton's ``maxnreg``, the PTX ``.maxnreg``)."""
+    return min(255, 65536 // (32 * num_warps)) // 8 * 8 if num_warps > 8 else 255

@@ -342,12 +342,16 @@ def _gpu_kernel_check(q, k, v, kv_lens=None, kpm=None, bias=None, *, dropout_p=0
     return _head_dim_reasons(q) + _grid_reasons(q, k, dropout_p, bias_grad)
 
 
-def _triton_check(q, k, v, kv_lens=None, kpm=None, bias=None, *, dropout_p=0.0, bias_grad=False, **_):
-    """Head dims up to 512 where the target's shared memory holds the tiles (avfast.kernels.attention.tiles)."""
+def _triton_check(q, k, v, kv_lens=None, kpm=None, bias=None, *, dropout_p=0.0, bias_grad=False, needs_grad=False,
+                  **_):
+    """Head dims up to 512 where the target's shared memory holds the tiles and the fp16/bf16 kernels
+    compile without register spills (avfast.kernels.attention.refusal)."""
     from avfast.kernels.attention import refusal
 
     rows = (q.shape[1] // k.shape[1]) * q.shape[2]
-    return refusal(rows, q.shape[-1], q.dtype, q.device) + _grid_reasons(q, k, dropout_p, bias_grad)
+    why = refusal(rows, q.shape[-1], q.dtype, q.device, lq=q.shape[2], masks=kv_lens is not None or kpm is not None,
+                  bias=bias is not None, needs_grad=bool(needs_grad))
+    return why + _grid_reasons(q, k, dropout_p, bias_grad)
 
 
 def _grid_reasons(q, k, dropout_p, bias_grad) -> list[str]:

@@ -86,6 +86,57 @@ def case_row_offsets_are_64_bit():
         assert "mul.lo.s64" in _ptx(kernel), f"{kernel.fn.__name__}: no 64-bit offset multiply in its PTX"
 
 
+def case_attention_backward_sm80_registers():
+    """ptxas 12.8 gave sm_80's former dK/dV kernel 32 registers (5-16 KB of spills) unless the PTX states
+    ``.maxnreg``: every attention launch now does, and the bf16 backward with every flag is spill-free."""
+    from avfast.kernels import attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 2, 32, 128, generator=g).bfloat16()
+    k = torch.randn(2, 1, 96, 128, generator=g).bfloat16()
+    bias = torch.zeros(1, 2, 1, 96, dtype=torch.bfloat16)
+    keep = torch.ones(2, 2, 32, 96, dtype=torch.bool)
+    args = (torch.tensor([96, 40]), torch.zeros(2, 96, dtype=torch.bool), bias, keep, 0.1, 0.1)
+    with standin.target(80) as tgt:
+        out, lse = attention.attention_forward(q, k, k, *args, splits=1)
+        attention.attention_backward(torch.randn_like(q), q, k, k, out, lse, *args, True, splits=1)
+    kernels = {r.kernel: r for r in tgt.records}
+    assert set(kernels) == {"_attn_fwd_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel"}
+    assert all(r.spills == 0 for r in tgt.records), [(r.kernel, r.registers, r.spills) for r in tgt.records]
+    assert kernels["_attn_bwd_dkdv_kernel"].registers > 32
+    ptx = next(iter(attention._attn_bwd_dkdv_kernel.device_caches[80][0].values())).asm["ptx"]
+    assert ".maxnreg 255" in ptx
+
+
+def test_half_spills_fail_the_check():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+    import compile_check as cc
+
+    def rec(spills):
+        return standin.Compiled("k", 80, {}, 4, 2, 0, 255, spills, 0)
+
+    for op, dtype, fails in [("cross_attention", torch.bfloat16, True), ("contrastive_loss", torch.float16, True),
+                             ("cross_attention", torch.float32, False), ("mel_spectrogram", torch.float16, False)]:
+        case = cc.Case(op, "x", lambda: None, dtype)
+        assert cc._half_spills(case, [rec(8), rec(0)]) == ([rec(8)] if fails else [])
+    assert not hasattr(cc, "KNOWN_SPILLS")
+
+
+@pytest.mark.parametrize("cap,refused", [(80, False), (86, True), (89, True), (90, True)])
+def test_wide_masked_bias_backward_is_refused_where_it_spills(monkeypatch, cap, refused):
+    # the compile check proves each side per target (refused: spills with the check off; accepted: spill-free)
+    from avfast.kernels import attention
+
+    monkeypatch.setenv("AVFAST_TRITON_TILES", "gpu")
+    monkeypatch.setattr(attention, "target_info", lambda device: (cap, standin.SHARED_LIMIT[cap], standin.SM_COUNT[cap]))
+    call = dict(lq=16, masks=True, bias=True, needs_grad=True)
+    why = attention.refusal(32, 512, torch.bfloat16, "cpu", **call)
+    assert bool(why) == refused and all("spills registers" in w for w in why)
+    assert not attention.refusal(32, 512, torch.bfloat16, "cpu", **dict(call, needs_grad=False))
+    assert not attention.refusal(32, 512, torch.bfloat16, "cpu", **dict(call, bias=False))
+    assert not attention.refusal(32, 256, torch.bfloat16, "cpu", **call)
+
+
 def test_ptxas_log_parser():
     log = ("ptxas info    : Compiling entry function 'k' for 'sm_90a'\n"
            "ptxas info    : Used 168 registers, used 1 barriers\n"
@@ -112,6 +163,10 @@ def test_over_limit_tile_is_refused_per_target():
 
 def test_row_offsets_are_64_bit():
     _in_compiler("case_row_offsets_are_64_bit")
+
+
+def test_attention_backward_sm80_registers():
+    _in_compiler("case_attention_backward_sm80_registers")
 
 
 if __name__ == "__main__":
