@@ -131,9 +131,10 @@ def test_training_on_synthetic_events_beats_chance(capsys):
     from event_loop import train_and_assign
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the seed's run is pinned to one thread (2 threads reorder sums: another run)
+    torch.set_num_threads(1)  # pinned: with 2 threads (other summation order) this run reached top-1 0.375 only
     try:
-        r = train_and_assign(train_clips=64, epochs=8, seed=0, lr=4e-3)
+        r = train_and_assign(train_clips=64, epochs=8, seed=0, lr=4e-3,
+                             loss=EventLossConfig(objective="compete", layer_weight=0.1))
     finally:
         torch.set_num_threads(threads)
     assert r["loss_last"] < 0.8 * r["loss_first"], r
@@ -141,5 +142,9 @@ def test_training_on_synthetic_events_beats_chance(capsys):
     assert r["top1"] > r["chance"] + 0.25, r
     assert r["mAP"] > r["chance_mAP"] + 0.2, r
     print(r["table"])
-    # Not asserted: each synthetic event type landing on its layer. Measured (this seed): 3 of 6
-    # categories (onset_0 -> onset, instant_0/1 -> instant); 16 epochs on 128 clips: 2 of 6 (top-1 1.0).
+    want = [LAYERS.index(t) for t in r["types"]]
+    hits = [a == w for a, w in zip(r["assignment"], want)]
+    # Every instant and continuous category lands on its layer and at least one onset category does.
+    # NOT yet true for all 6: onset_0 (the faster beat) goes to the continuous layer (seeds 0 and 1).
+    assert all(h for h, t in zip(hits, r["types"]) if t != "onset"), r["table"]
+    assert any(h for h, t in zip(hits, r["types"]) if t == "onset"), r["table"]
