@@ -154,7 +154,7 @@ class SyntheticEvents:
                (240, 140, 30), (140, 60, 200), (250, 250, 250))
 
     def __init__(self, *, classes_per_type: int = 2, seconds: int = 3, fps: int = 10, size: int = 64,
-                 sample_rate: int = 16000, max_events: int = 2, seed: int = 0):
+                 sample_rate: int = 16000, max_events: int = 2, decoys: int = 2, seed: int = 0):
         self.classes = 3 * classes_per_type
         if self.classes > len(self.FREQS):
             raise ValueError(f"at most {len(self.FREQS) // 3} classes per type ({classes_per_type} given)")
@@ -163,11 +163,56 @@ class SyntheticEvents:
         self.types = [EVENT_TYPES[c // classes_per_type] for c in range(self.classes)]
         self.class_names = [f"{t}_{c % classes_per_type}" for c, t in enumerate(self.types)]
         self.seconds, self.fps, self.size, self.sr = seconds, fps, size, sample_rate
-        self.max_events, self.seed = max_events, seed
+        self.max_events, self.decoys, self.seed = max_events, decoys, seed
 
-    def _burst(self, f: float, dur: float, rng) -> np.ndarray:
+    def _burst(self, f: float, dur: float, rng, soft: bool = False) -> np.ndarray:
+        """A tone burst: sharp attack + exponential decay, or (``soft``) a Hann swell without an onset."""
         t = np.arange(int(dur * self.sr)) / self.sr
-        return np.sin(2 * np.pi * f * t + rng.uniform(0, 6.28)) * np.exp(-t / (dur / 3)) * np.minimum(1, t * 2000)
+        tone = np.sin(2 * np.pi * f * t + rng.uniform(0, 6.28))
+        return tone * (np.hanning(t.size) if soft else np.exp(-t / (dur / 3)) * np.minimum(1, t * 2000))
+
+    def _event(self, c: int, wave, rng, decoy: bool) -> tuple[np.ndarray, float]:
+        """Add class ``c``'s sound (or its decoy) to ``wave``; -> (frames where its object shows, opacity)."""
+        n, T = wave.size, self.seconds * self.fps
+        kind, f = self.types[c], self.FREQS[c]
+        shown = np.zeros(T, bool)
+
+        def put(t0, b):
+            i = int(t0 * self.sr)
+            wave[i:i + b.size] += b[: n - i]
+            shown[min(int(t0 * self.fps), T - 1)] = True
+
+        if kind == "onset":                  # periodic beats with sharp attacks, the object blinking with them
+            if decoy:                        # decoy: the class's tone as a steady hum (no transient to pool)
+                kind = "continuous"
+            else:
+                period = 0.25 + 0.1 * (c % 2)
+                for t0 in np.arange(rng.uniform(0.05, period), self.seconds - 0.15, period):
+                    if rng.random() < 0.2:   # a ghost beat: its onset without the class's tone or object
+                        i = int(t0 * self.sr)
+                        wave[i:i + 40] += 0.4 * rng.choice([-1, 1], 40)
+                        continue
+                    put(t0, rng.uniform(0.2, 0.4) * self._burst(f, 0.06, rng))
+                return shown, 0.8
+        if kind == "instant":                # one loud burst; decoy: a few quiet blips at random times
+            if decoy:
+                for t0 in rng.uniform(0.1, self.seconds - 0.2, rng.integers(3, 6)):
+                    put(t0, rng.uniform(0.08, 0.15) * self._burst(f, 0.06, rng))
+                return shown, 0.6
+            t0 = rng.uniform(0.2, self.seconds - 0.4)
+            put(t0, 0.9 * self._burst(f, 0.2, rng))
+            shown[int(t0 * self.fps): int(t0 * self.fps) + 2] = True
+            return shown, 1.0
+        # continuous: a steady hum through the clip; its decoy: the same hum for a short stretch
+        lo, hi = 0.0, float(self.seconds)
+        if decoy and self.types[c] == "continuous":
+            lo = rng.uniform(0.1, self.seconds - 0.9)
+            hi = lo + rng.uniform(0.4, 0.8)
+        t = np.arange(n) / self.sr
+        ramp = np.clip((t - lo) / 0.05, 0, 1) * np.clip((hi - t) / 0.05, 0, 1)
+        wave += 0.05 * np.sin(2 * np.pi * f * t) * ramp
+        shown[int(lo * self.fps): int(np.ceil(hi * self.fps))] = True
+        return shown, 0.45
 
     def clip(self, rng: np.random.Generator) -> dict:
         n, T, S = self.seconds * self.sr, self.seconds * self.fps, self.size
@@ -178,45 +223,24 @@ class SyntheticEvents:
             wave[i:i + 40] += rng.uniform(0.3, 0.6) * rng.choice([-1, 1], 40)
         k = int(rng.integers(1, self.max_events + 1))
         chosen = rng.choice(self.classes, size=k, replace=False)
+        others = np.setdiff1d(np.arange(self.classes), chosen)
+        decoys = rng.choice(others, size=min(int(rng.integers(0, self.decoys + 1)), others.size), replace=False)
         labels = np.zeros(self.classes, np.float32)
+        labels[chosen] = 1
+        side = S // 3
         box = loc_step = None
-        side = S // 4
-        for c in chosen:
-            labels[c] = 1
+        for j, c in enumerate([*chosen, *decoys]):
+            shown, alpha = self._event(int(c), wave, rng, decoy=j >= k)
             x, y = rng.integers(0, S - side, 2)
-            kind, f = self.types[c], self.FREQS[c]
-            shown = np.zeros(T, bool)
-            if kind == "onset":
-                period = 0.25 + 0.1 * (c % 2)
-                for t0 in np.arange(rng.uniform(0.05, period), self.seconds - 0.1, period):
-                    i = int(t0 * self.sr)
-                    if rng.random() < 0.4:      # a ghost beat: its onset without the class's tone or object
-                        wave[i:i + 40] += 0.4 * rng.choice([-1, 1], 40)
-                        continue
-                    b = rng.uniform(0.15, 0.4) * self._burst(f, 0.06, rng)
-                    wave[i:i + b.size] += b[: n - i]
-                    shown[int(t0 * self.fps)] = True
-                alpha = 0.8
-            elif kind == "instant":
-                t0 = rng.uniform(0.2, self.seconds - 0.4)
-                i = int(t0 * self.sr)
-                b = 0.9 * self._burst(f, 0.2, rng)
-                wave[i:i + b.size] += b
-                shown[int(t0 * self.fps): int(t0 * self.fps) + 2] = True
-                alpha = 1.0
-            else:
-                t = np.arange(n) / self.sr
-                ramp = np.clip(t / 0.05, 0, 1) * np.clip((self.seconds - t) / 0.05, 0, 1)
-                wave += 0.05 * np.sin(2 * np.pi * f * t) * ramp
-                shown[:] = True
-                alpha = 0.45
+            if box is None:
+                box = [x / S, y / S, (x + side) / S, (y + side) / S]
+                loc_step = int(np.flatnonzero(shown)[len(np.flatnonzero(shown)) // 2])
+            elif j >= k:
+                shown[loc_step] = False          # a decoy's object never shows at the localised step
             colour = np.array(self.COLOURS[c], np.float32)
             for fr in np.flatnonzero(shown):
                 patch = frames[fr, y:y + side, x:x + side]
                 frames[fr, y:y + side, x:x + side] = (1 - alpha) * patch + alpha * colour
-            if box is None:
-                box = [x / S, y / S, (x + side) / S, (y + side) / S]
-                loc_step = int(np.flatnonzero(shown)[len(np.flatnonzero(shown)) // 2])
         return {"wave": np.clip(wave, -1, 1).astype(np.float32), "frames": frames.clip(0, 255).astype(np.uint8),
                 "labels": labels, "box": np.array(box, np.float32), "loc_step": loc_step}
 

@@ -5,25 +5,31 @@ but does not define the layers, and the paper's public text we could reach (abst
 layers ... in a multi-task learning scheme") does not either. **These layers are our reading**
 (``EventFusionConfig.definition = "ours"``, the only one implemented):
 
-- per step ``l`` of the 10 Hz grid, fused feature ``f_l = MLP([a_l; v_l])`` (audio step, video frame
-  resampled to the grid);
+- per step ``l`` of the 10 Hz grid, each layer fuses ``f_l = MLP_layer([a_l; v_l])`` (audio step,
+  video frame resampled to the grid) with **its own** MLP (event-specific fusion: a layer's features
+  grow from its own gradient only);
 - **onset layer** (rhythmic, repetitive events): onset-driven temporal pooling, the mean of the
   transient part ``g_l = f_l - mean_l f_l`` over the steps holding an audio onset
   (``avfast.audio.onset.onset_detect`` on the wave, or
   precomputed onsets as the seed's "precomputed onset envelopes"); zeros without onsets;
 - **instant layer** (sudden, sparse events): sparse attention, a learned query over ``g_l`` whose
-  scores are kept only for the top ``instant_k`` steps (``-inf`` bias elsewhere) through
+  keys are only the ``instant_k`` loudest steps (mean mel power; ``-inf`` bias elsewhere) through
   ``avfast.ops.cross_attention``;
 - **continuous layer** (stationary, slowly evolving events): per-second averages of ``f_l``, then
   their mean.
 
-Each layer has its own multi-label head (multi-task: every layer's BCE against the clip's labels);
-the clip's prediction is the max over layers of their sigmoid scores. ``layers`` switches layers
-off (e.g. ``("continuous",)`` for a plain late-fusion baseline). A clip's *dominant layer* for one of
-its labels is the layer with the highest logit for it; a category goes to the layer most of its
-clips choose (``assign_layers``: the seed's "event characteristics of a dataset").
+Each layer's pooled feature goes through BatchNorm (the pools differ in scale: a mean over all steps
+vs a few) and its own multi-label head. Objectives (``EventLossConfig.objective``): ``multitask``
+(every layer's BCE against the clip's labels, the paper's "multi-task learning scheme") or
+``compete`` (ours: the BCE of the clip's prediction, the max over layers, so layers compete per
+category; plus a small multi-task term); the clip's prediction is the max over layers of their
+sigmoid scores. ``layers`` switches layers off (e.g. ``("continuous",)`` for a plain late-fusion
+baseline). A clip's *dominant layer* for one of its labels is the layer with the highest logit for
+it; a category goes to the layer most of its clips choose (``assign_layers``: the seed's "event
+characteristics of a dataset").
 Localisation: ``localize`` scores every conv20 position against the audio step (cosine) through
-``avfast.ops.affinity_topk``.
+``avfast.ops.affinity_topk``; ``localization_loss`` (ours, ``EventLossConfig.localization`` > 0)
+trains those maps with an audio-visual spatial contrastive term.
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ from avfast.models.mit import load_state_dict_file
 
 __all__ = ["LAYERS", "EventFusionConfig", "EventFusionNet", "EventFusionLoss", "EventLossConfig",
            "build_event_fusion", "event_fusion_tiny", "dominant_layers", "assign_layers", "format_layer_table",
-           "onset_steps"]
+           "onset_steps", "localization_loss"]
 
 LAYERS = ("onset", "instant", "continuous")
 
@@ -99,7 +105,8 @@ def onset_steps(onset_frames: torch.Tensor, steps: int) -> torch.Tensor:
 class EventFusionNet(nn.Module):
     """``forward(wave (B, S), frames (B, 3, T, H, W), onsets=None, mel=None)`` -> dict with ``logits (B, layers, C)``,
     ``scores (B, C)`` (max over layers of the sigmoids), ``audio (B, L, D)``, ``video (B, L, D)``,
-    ``video_map (B, D, T, h, w)`` and ``onsets (B, L)`` (L = 10 steps per second). ``mel (B, 10 S, 80)``
+    ``video_map (B, D, T, h, w)``, ``onsets (B, L)`` and ``energy (B, L)`` (mean mel power per step;
+    L = 10 steps per second). ``mel (B, 10 S, 80)``
     (the ``event`` preset) replaces the wave's; ``onsets`` (B, L) or onset frames (B, F) at hop 10 ms."""
 
     def __init__(self, config: EventFusionConfig = EventFusionConfig()):
@@ -111,24 +118,35 @@ class EventFusionNet(nn.Module):
         self.audio_net = EventAudioNet(c.backbone)
         self.video_net = EventVideoNet(c.backbone)
         d = c.backbone.dim
-        self.fuse = nn.Sequential(nn.Linear(2 * d, c.hidden), nn.ReLU(inplace=True), nn.Linear(c.hidden, c.hidden))
+        # one fusion MLP per layer (event-specific fusion): a layer's features grow from its own gradient only
+        self.fuse = nn.ModuleDict({name: nn.Sequential(nn.Linear(2 * d, c.hidden), nn.ReLU(inplace=True),
+                                                       nn.Linear(c.hidden, c.hidden)) for name in c.layers})
         self.query = nn.Parameter(torch.randn(c.hidden) * c.hidden ** -0.5) if "instant" in c.layers else None
-        self.heads = nn.ModuleDict({name: nn.Linear(c.hidden, c.classes) for name in c.layers})
+        # BatchNorm on each layer's pooled feature: the layers' pooled features differ in scale (a mean over
+        # 100 steps vs a few onset steps), which would otherwise decide which layer's logits grow first
+        self.heads = nn.ModuleDict({name: nn.Sequential(nn.BatchNorm1d(c.hidden), nn.Linear(c.hidden, c.classes))
+                                    for name in c.layers})
 
-    def audio_features(self, wave: torch.Tensor) -> torch.Tensor:
+    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """wave (B, S) at 16 kHz -> the ``event`` preset's log-mel (B, 100 segments, 80)."""
         from avfast.ops import mel_spectrogram
 
         c = self.config
         if wave.dim() != 2 or wave.shape[1] < c.samples - c.sample_rate // 100:
             raise ValueError(f"EventFusionNet: wave must be (B, {c.samples}) at {c.sample_rate} Hz, "
                              f"got {tuple(wave.shape)}")
-        mel = mel_spectrogram(wave.float(), self.mel, backend=c.backend)
-        return self.audio_net(mel)
+        return mel_spectrogram(wave.float(), self.mel, backend=c.backend)
 
-    def _pool(self, name: str, f: torch.Tensor, onsets: torch.Tensor) -> torch.Tensor:
+    def audio_features(self, wave: torch.Tensor) -> torch.Tensor:
+        """wave (B, S) -> audio features (B, L, D) on the 10 Hz grid."""
+        return self.audio_net(self.log_mel(wave))
+
+    def _pool(self, name: str, f: torch.Tensor, onsets: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+        """One layer's pooling of fused features f (B, L, H) -> (B, H) (continuous: f (B, seconds, H));
+        onsets (B, L) bool, energy (B, L)."""
         b, steps, h = f.shape
         if name == "continuous":
-            return f.view(b, steps // 10, 10, h).mean(2).mean(1)         # per-second averages, then their mean
+            return f.mean(1)                                             # f: per-second fused features
         g = f - f.mean(1, keepdim=True)                                  # transient part
         if name == "onset":
             w = onsets.to(f.dtype)
@@ -137,10 +155,10 @@ class EventFusionNet(nn.Module):
 
         q = self.query.to(f.dtype).expand(b, 1, 1, -1)
         kv = g[:, None]
-        with torch.no_grad():
-            scores = (kv @ q.transpose(-1, -2)).squeeze(-1)           # (B, 1, L)
-            top = scores.topk(self.config.instant_k, dim=-1).indices
-            bias = torch.full_like(scores, float("-inf")).scatter_(-1, top, 0.0)[:, :, None]  # (B, 1, 1, L)
+        with torch.no_grad():                                            # keys: the instant_k loudest steps
+            top = energy.topk(self.config.instant_k, dim=-1).indices[:, None]           # (B, 1, k)
+            bias = torch.full((b, 1, steps), float("-inf"), dtype=f.dtype, device=f.device)
+            bias = bias.scatter_(-1, top, 0.0)[:, :, None]                             # (B, 1, 1, L)
         if f.device.type == "meta":  # shape inference: the ops' dispatch does not take meta tensors
             from avfast.ops.attention import cross_attention_reference
 
@@ -154,7 +172,10 @@ class EventFusionNet(nn.Module):
             raise ValueError("EventFusionNet: give wave (or a precomputed mel)")
         if onsets is None and wave is None:
             raise ValueError("EventFusionNet: with a precomputed mel give the onsets too")
-        a = self.audio_net(mel) if mel is not None else self.audio_features(wave)   # (B, L, D)
+        if mel is None:
+            mel = self.log_mel(wave)
+        a = self.audio_net(mel)                                         # (B, L, D)
+        energy = mel.float().exp().mean(-1).view(mel.shape[0], c.steps, -1).mean(-1)  # (B, L) mel power per step
         vmap = self.video_net.feature_map(frames)                       # (B, D, T, h, w)
         v = vmap.mean((-1, -2)).transpose(1, 2)                         # (B, T, D)
         idx = (torch.arange(c.steps, device=v.device) * v.shape[1]) // c.steps
@@ -167,10 +188,12 @@ class EventFusionNet(nn.Module):
                                                   backend=c.backend), c.steps)
         elif onsets.shape[-1] != c.steps:
             onsets = onset_steps(onsets.bool(), c.steps)
-        f = self.fuse(torch.cat([a, v], -1))
-        logits = torch.stack([self.heads[name](self._pool(name, f, onsets)) for name in c.layers], 1)
+        av = torch.cat([a, v], -1)                                      # (B, L, 2D)
+        per_second = av.view(av.shape[0], c.segments, 10, -1).mean(2)  # (B, seconds, 2D)
+        logits = torch.stack([self.heads[name](self._pool(name, self.fuse[name](
+            per_second if name == "continuous" else av), onsets, energy)) for name in c.layers], 1)
         return {"logits": logits, "scores": logits.sigmoid().amax(1), "audio": a, "video": v,
-                "video_map": vmap, "onsets": onsets}
+                "video_map": vmap, "onsets": onsets, "energy": energy}
 
     @torch.no_grad()
     def localize(self, out: dict, steps: torch.Tensor) -> torch.Tensor:
@@ -189,13 +212,32 @@ class EventFusionNet(nn.Module):
 
 @dataclass
 class EventLossConfig:
-    """Multi-task BCE: every layer's head against the clip's labels, averaged over layers."""
+    """``objective="multitask"``: every layer's head against the clip's labels (BCE), averaged over
+    layers (the paper's "multi-task learning scheme"). ``objective="compete"`` (ours): the BCE of the
+    clip's own prediction, the max over layers of each class's logit (what ``scores`` reports), so for
+    a positive label only the layer that explains it best gets the gradient and the layers compete
+    per category (the paper then reads a category's layer off the most confident one), plus
+    ``layer_weight`` x the multi-task term to keep every head calibrated."""
 
-    layer_weight: float = 1.0
+    objective: str = "multitask"
+    layer_weight: float = 1.0        # multitask: scale of the loss; compete: weight of the multi-task term
+    localization: float = 0.0        # weight of ``localization_loss`` (ours; 0 = the seed's objective)
+    localization_steps: int = 2      # loudest steps per clip in that term
+    localization_tau: float = 0.07
+
+    def __post_init__(self):
+        if self.objective not in ("multitask", "compete"):
+            raise ValueError(f"loss.objective must be 'multitask' or 'compete' ({self.objective!r} given)")
+        if self.layer_weight < 0 or self.localization < 0:
+            raise ValueError(f"loss.layer_weight and loss.localization must be >= 0 "
+                             f"({self.layer_weight}, {self.localization} given)")
+        if self.localization_steps < 1 or self.localization_tau <= 0:
+            raise ValueError(f"loss.localization_steps must be >= 1 and loss.localization_tau > 0 "
+                             f"({self.localization_steps}, {self.localization_tau} given)")
 
 
 class EventFusionLoss(nn.Module):
-    """``(out, labels (B, C) multi-hot)`` -> (total, {"bce_<layer>": ...})."""
+    """``(out, labels (B, C) multi-hot)`` -> (total, {"bce_<layer>": ..., ["bce_clip": ...]})."""
 
     def __init__(self, config: EventLossConfig = EventLossConfig(), layers=LAYERS):
         super().__init__()
@@ -208,7 +250,40 @@ class EventFusionLoss(nn.Module):
         terms = {f"bce_{name}": F.binary_cross_entropy_with_logits(logits[:, i], labels.float())
                  for i, name in enumerate(self.layers)}
         total = self.config.layer_weight * sum(terms.values()) / len(terms)
+        if self.config.objective == "compete":
+            terms["bce_clip"] = F.binary_cross_entropy_with_logits(logits.amax(1), labels.float())
+            total = total + terms["bce_clip"]
+        if self.config.localization:
+            terms["localization"] = localization_loss(out, steps=self.config.localization_steps,
+                                                      tau=self.config.localization_tau)
+            total = total + self.config.localization * terms["localization"]
         return total, terms
+
+
+def localization_loss(out: dict, *, steps: int = 2, tau: float = 0.07, attention_tau: float = 0.1,
+                      backend: str = "auto") -> torch.Tensor:
+    """Audio-visual spatial contrastive term (ours, after Senocak et al. 2018 / LVS; not in the seed).
+
+    For the ``steps`` loudest 10 Hz steps of each clip (``out["energy"]``, no labels used): the
+    L2-normalised audio feature ``a`` (B, L, D) attends over the normalised conv20 positions ``p`` of
+    the frame shown at that step, ``z = softmax(a . p / attention_tau) p`` (``ops.cross_attention``),
+    and ``ops.contrastive_loss(a, z, tau)`` (InfoNCE, both directions) pairs each audio step with its
+    own frame's attended feature against the other clips' (other steps of the same clip are not
+    negatives). The attention logits are ``localize``'s cosine map / attention_tau, so the term trains
+    exactly the maps ``localize`` reads. -> 0-d loss."""
+    from avfast.ops import contrastive_loss, cross_attention
+
+    a, vmap, energy = out["audio"], out["video_map"], out["energy"]
+    b, length, _ = a.shape
+    t = vmap.shape[2]
+    m = min(steps, length)
+    step = energy.detach().topk(m, dim=1).indices.reshape(-1)                      # (N,) N = B m
+    clip = torch.arange(b, device=a.device).repeat_interleave(m)
+    audio = F.normalize(a[clip, step].float(), dim=-1)                              # (N, D)
+    pos = F.normalize(vmap[clip, :, (step * t) // length].flatten(2).transpose(1, 2).float(), dim=-1)  # (N, hw, D)
+    z = cross_attention(audio[:, None, None], pos[:, None], pos[:, None], scale=1.0 / attention_tau,
+                        backend=backend)[:, 0, 0]
+    return contrastive_loss(audio, z, tau=tau, positive_ids=clip, backend=backend)
 
 
 def _build(config: EventFusionConfig, weights=None) -> EventFusionNet:

@@ -3,20 +3,21 @@ import torch
 
 from avfast.audio.onset import onset_detect
 from avfast.data.vggsound import SyntheticEvents
-from avfast.metrics.multilabel import mean_average_precision
-from avfast.models.event_fusion import (EventFusionLoss, assign_layers, dominant_layers, event_fusion_tiny,
+from avfast.metrics.multilabel import average_precision, mean_average_precision
+from avfast.models.event_fusion import (EventFusionLoss, EventLossConfig, assign_layers, dominant_layers, event_fusion_tiny,
                                         format_layer_table, onset_steps)
 
 
-def train_and_assign(train_clips=64, test_clips=48, epochs=5, seed=0, lr=3e-3, batch=16):
+def train_and_assign(train_clips=64, test_clips=48, epochs=5, seed=0, lr=3e-3, batch=16, loss=EventLossConfig(),
+                     generator=None, model=None):
     torch.manual_seed(seed)
-    gen = SyntheticEvents(seed=seed)
+    gen = SyntheticEvents(seed=seed, **(generator or {}))
     tr, te = gen.tensors(train_clips, seed=seed * 10 + 1), gen.tensors(test_clips, seed=seed * 10 + 2)
     for d in (tr, te):
         d["onsets"] = onset_steps(onset_detect(d["wave"]), 30)
         d["frames"] = (d["frames"].float() / 255 - 0.45) / 0.25
-    model = event_fusion_tiny(classes=gen.classes)
-    loss_fn = EventFusionLoss()
+    model = event_fusion_tiny(classes=gen.classes, frame_size=gen.size, **(model or {}))
+    loss_fn = EventFusionLoss(loss)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for _ in range(epochs):
@@ -35,6 +36,7 @@ def train_and_assign(train_clips=64, test_clips=48, epochs=5, seed=0, lr=3e-3, b
     with torch.no_grad():
         out = model(te["wave"], te["frames"], onsets=te["onsets"])
     labels = te["labels"]
+    loc = localization_vs_baselines(model.localize(out, te["loc_step"]), te["boxes"], seed)
     top1 = float(labels[torch.arange(len(labels)), out["scores"].argmax(1)].mean())
     cats, layers = dominant_layers(out["logits"], labels)
     assignment = assign_layers(cats, layers, 3, gen.classes)
@@ -42,5 +44,24 @@ def train_and_assign(train_clips=64, test_clips=48, epochs=5, seed=0, lr=3e-3, b
             "chance": float(labels.sum(1).mean()) / gen.classes,
             "mAP": mean_average_precision(out["scores"], labels),
             "chance_mAP": mean_average_precision(torch.rand_like(out["scores"]), labels),
-            "assignment": assignment.tolist(), "types": gen.types,
+            "ap_layers": [[round(float(v), 2) for v in average_precision(out["logits"][:, i], labels)]
+                          for i in range(out["logits"].shape[1])],
+            "assignment": assignment.tolist(), **loc, "types": gen.types,
             "table": format_layer_table(assignment, ("onset", "instant", "continuous"), gen.class_names)}
+
+
+def localization_vs_baselines(maps, boxes, seed=0):
+    """Mean cIoU and AUC (VGG-SS protocol) of ``maps (N, h, w)`` against the clips' boxes (N, 4), and of
+    two baselines on the same clips: uniform random maps and a centred Gaussian."""
+    from avfast.metrics.localization import box_mask, ciou, localization_auc
+
+    gt = torch.stack([box_mask([b.tolist()], fmt="vggss") for b in boxes])
+    n, h, w = maps.shape
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    baselines = {"": maps, "random_": torch.rand(n, h, w, generator=torch.Generator().manual_seed(seed)),
+                 "centre_": torch.exp(-(xx ** 2 + yy ** 2) / 0.5).expand(n, h, w)}
+    out = {}
+    for name, m in baselines.items():
+        c = ciou(m, gt)
+        out[f"{name}mean_cIoU"], out[f"{name}AUC"] = float(c.mean()), localization_auc(c)
+    return out

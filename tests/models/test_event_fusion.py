@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from avfast.models.event_backbones import layer_shapes
-from avfast.models.event_fusion import (LAYERS, EventFusionConfig, EventFusionLoss, assign_layers, build_event_fusion,
+from avfast.models.event_fusion import (LAYERS, EventFusionConfig, EventFusionLoss, EventLossConfig,
+                                        localization_loss, assign_layers, build_event_fusion,
                                         dominant_layers, event_fusion_tiny, format_layer_table, onset_steps)
 
 
@@ -30,14 +31,29 @@ def test_layer_definitions_on_hand_made_features():
     g = f - f.mean(1, keepdim=True)
     onsets = torch.zeros(2, 30, dtype=torch.bool)
     onsets[0, [3, 10, 17]] = True
-    torch.testing.assert_close(model._pool("continuous", f, onsets), f.mean(1))
-    torch.testing.assert_close(model._pool("onset", f, onsets)[0], g[0, [3, 10, 17]].mean(0))
-    assert torch.equal(model._pool("onset", f, onsets)[1], torch.zeros(64))         # no onset: nothing pooled
+    energy = torch.rand(2, 30)
+    energy[0, [5, 21]] = 9.0                                      # clip 0's two loudest steps
+    energy[1, [0, 29]] = 9.0
+    torch.testing.assert_close(model._pool("continuous", f, onsets, energy), f.mean(1))
+    torch.testing.assert_close(model._pool("onset", f, onsets, energy)[0], g[0, [3, 10, 17]].mean(0))
+    assert torch.equal(model._pool("onset", f, onsets, energy)[1], torch.zeros(64))   # no onset: nothing pooled
     s = g @ model.query
-    top = s.topk(2, dim=1).indices
+    top = torch.tensor([[5, 21], [0, 29]])                        # instant keys: the loudest steps only
     w = torch.softmax(s.gather(1, top) / 64 ** 0.5, dim=1)
     want = (w[..., None] * torch.stack([g[i, top[i]] for i in range(2)])).sum(1)
-    torch.testing.assert_close(model._pool("instant", f, onsets), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model._pool("instant", f, onsets, energy), want, rtol=1e-4, atol=1e-5)
+
+
+def test_continuous_layer_fuses_per_second_averages():
+    torch.manual_seed(0)
+    model = event_fusion_tiny(classes=3).eval()
+    wave, frames = torch.randn(2, 48000), torch.randn(2, 3, 30, 32, 32)
+    out = model(wave, frames, onsets=torch.zeros(2, 30, dtype=torch.bool))
+    av = torch.cat([out["audio"], out["video"]], -1).view(2, 3, 10, -1).mean(2)
+    want = model.heads["continuous"](model.fuse["continuous"](av).mean(1))
+    torch.testing.assert_close(out["logits"][:, 2], want, rtol=1e-4, atol=1e-5)
+    mel = model.log_mel(wave)
+    torch.testing.assert_close(out["energy"], mel.exp().mean(-1).view(2, 30, 10).mean(-1))
 
 
 def test_onset_steps():
@@ -53,6 +69,12 @@ def test_loss_equals_formula_and_switches():
     want = sum(F.binary_cross_entropy_with_logits(logits[:, i], labels) for i in range(3)) / 3
     torch.testing.assert_close(total, want)
     assert set(terms) == {f"bce_{n}" for n in LAYERS}
+    total, terms = EventFusionLoss(EventLossConfig(objective="compete", layer_weight=0.1))({"logits": logits}, labels)
+    clip = F.binary_cross_entropy_with_logits(logits.amax(1), labels)       # the clip's prediction: max over layers
+    torch.testing.assert_close(total, clip + 0.1 * want)
+    torch.testing.assert_close(terms["bce_clip"], clip)
+    with pytest.raises(ValueError, match="objective"):
+        EventLossConfig(objective="vote")
     model = event_fusion_tiny(classes=5, layers=("continuous",))
     out = model(torch.randn(2, 48000), torch.randn(2, 3, 30, 32, 32), onsets=torch.zeros(2, 30, dtype=torch.bool))
     assert out["logits"].shape == (2, 1, 5) and model.query is None
@@ -60,6 +82,20 @@ def test_loss_equals_formula_and_switches():
         EventFusionConfig(definition="paper")
     with pytest.raises(ValueError, match="layers must be"):
         EventFusionConfig(layers=("onset", "beat"))
+
+
+def test_localization_loss_equals_formula():
+    torch.manual_seed(0)
+    b, length, d = 3, 20, 8
+    out = {"audio": torch.randn(b, length, d), "video_map": torch.randn(b, d, 10, 2, 2), "energy": torch.rand(b, length)}
+    out["energy"][:, 7] = 5.0
+    got = localization_loss(out, steps=1, tau=0.1, attention_tau=0.2, backend="torch")
+    a = F.normalize(out["audio"][:, 7], dim=-1)                                    # loudest step 7 -> frame 3
+    p = F.normalize(out["video_map"][:, :, 3].flatten(2).transpose(1, 2), dim=-1)  # (B, 4, D)
+    z = (torch.softmax((p @ a[:, :, None]).squeeze(-1) / 0.2, -1)[..., None] * p).sum(1)
+    logits = a @ F.normalize(z, dim=-1).T / 0.1
+    want = (F.cross_entropy(logits, torch.arange(b)) + F.cross_entropy(logits.T, torch.arange(b))) / 2
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_majority_vote_assignment_and_table():
@@ -95,9 +131,10 @@ def test_training_on_synthetic_events_beats_chance(capsys):
     from event_loop import train_and_assign
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the seed's run is pinned to one thread (2 threads reorder sums: another run)
+    torch.set_num_threads(1)  # pinned: with 2 threads (other summation order) this run reached top-1 0.375 only
     try:
-        r = train_and_assign(train_clips=64, epochs=8, seed=0, lr=4e-3)
+        r = train_and_assign(train_clips=64, epochs=8, seed=0, lr=4e-3,
+                             loss=EventLossConfig(objective="compete", layer_weight=0.1))
     finally:
         torch.set_num_threads(threads)
     assert r["loss_last"] < 0.8 * r["loss_first"], r
@@ -105,5 +142,9 @@ def test_training_on_synthetic_events_beats_chance(capsys):
     assert r["top1"] > r["chance"] + 0.25, r
     assert r["mAP"] > r["chance_mAP"] + 0.2, r
     print(r["table"])
-    # Not asserted: each synthetic event type landing on its layer. Measured (this seed): 3 of 6
-    # categories (onset_0 -> onset, instant_0/1 -> instant); 16 epochs on 128 clips: 2 of 6 (top-1 1.0).
+    want = [LAYERS.index(t) for t in r["types"]]
+    hits = [a == w for a, w in zip(r["assignment"], want)]
+    # Every instant and continuous category lands on its layer and at least one onset category does.
+    # NOT yet true for all 6: onset_0 (the faster beat) goes to the continuous layer (seeds 0 and 1).
+    assert all(h for h, t in zip(hits, r["types"]) if t != "onset"), r["table"]
+    assert any(h for h, t in zip(hits, r["types"]) if t == "onset"), r["table"]
