@@ -39,15 +39,10 @@ from avfast.plot import plot_scaling  # noqa: E402
 
 # Runs in the point's process after the setup code: times `stmt` and measures its memory.
 _MEASURE = textwrap.dedent("""
-    import gc, re, statistics, time
-    def _status(key):
-        return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
-    gc.collect()
-    try:
-        open("/proc/self/clear_refs", "w").write("5")   # resets VmHWM (the peak RSS) to the current RSS
-        base = _status("VmRSS")
-    except OSError:
-        base = None
+    import statistics, sys, time
+    sys.path.insert(0, BENCH_DIR)
+    from _harness import proc_memory, reset_peak_rss
+    base = reset_peak_rss()
     def _call():
         t0 = time.perf_counter()
         eval(STMT)
@@ -56,7 +51,7 @@ _MEASURE = textwrap.dedent("""
     n = 0 if first > SINGLE else max(1, min(REPS, int(BUDGET // first)))
     more = [_call() for _ in range(n)]
     result.update(time_s=statistics.median(more) if more else first, first_call_s=first, timed_calls=max(1, n),
-                  includes_first_call=not more, op_peak_bytes=None if base is None else _status("VmHWM") - base)
+                  includes_first_call=not more, op_peak_bytes=None if base is None else proc_memory("VmHWM") - base)
 """)
 
 _UNIT = ("g = torch.Generator().manual_seed(0)\n"
@@ -155,7 +150,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = {**environment(), "threads": a.threads, "faiss": _version("faiss-cpu"),
            "open_clip": _version("open_clip_torch"), "note": a.note or None}
-    consts = f"REPS, BUDGET, SINGLE = {a.reps}, {a.budget_s}, {a.single_call_s}\n"
+    consts = (f"REPS, BUDGET, SINGLE = {a.reps}, {a.budget_s}, {a.single_call_s}\n"
+              f"BENCH_DIR = {str(Path(__file__).resolve().parent)!r}\n")
     for name in a.curves.split(","):
         make, x, full, quick, growth = CURVES[name]
         rows, last = [], {}
