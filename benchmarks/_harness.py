@@ -47,9 +47,14 @@ def proc_memory(key: str) -> int:
 
 def reset_peak_rss() -> int | None:
     """Reset this process's peak RSS (Linux ``clear_refs``) and return the current RSS; None elsewhere."""
+    import ctypes
     import gc
 
     gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)   # freed heap back to the OS: the base is live memory only
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
