@@ -9,8 +9,8 @@ and drawn as PNG (``avfast.plot.plot_scaling``). Long: not part of CI or ``avfas
   (the reference).
 
 Every point runs in a fresh process: inputs are built, the peak RSS is reset (Linux ``clear_refs``),
-then the call is timed: the first call, then up to ``--reps`` more (median; fewer when a call is slow,
-none past ``--single-call-s``: the row then says ``timed_calls: 1, includes_first_call: true``).
+then the call is timed: the first call, then up to ``--reps`` more within ``--budget-s`` (median; at
+least one, none past ``--single-call-s``: the row then says ``timed_calls: 1, includes_first_call: true``).
 ``op_peak_bytes`` is the process's peak resident memory during the calls above its resident memory
 with the inputs built (the op's own working memory); ``peak_bytes`` is the whole process's peak.
 A point whose predicted time (from the previous point and the curve's growth) passes ``--max-point-s``,
@@ -134,8 +134,8 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/scaling")
     p.add_argument("--curves", default=",".join(CURVES))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--reps", type=int, default=3, help="timed calls after the first (fewer for slow points)")
-    p.add_argument("--budget-s", type=float, default=30.0, help="time for the calls after the first, per point")
+    p.add_argument("--reps", type=int, default=9, help="most timed calls after the first (fewer for slow points)")
+    p.add_argument("--budget-s", type=float, default=20.0, help="time for the calls after the first, per point")
     p.add_argument("--single-call-s", type=float, default=60.0, help="a first call longer than this is the measurement")
     p.add_argument("--max-point-s", type=float, default=900.0, help="skip a point predicted to take longer")
     p.add_argument("--fit-gb", type=float, default=8.0, help="cap on a baseline's B x N matrices")
