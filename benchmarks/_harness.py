@@ -20,13 +20,47 @@ def size(full, quick):
 
 
 def run(benchmark, fn, *args, group: str, provider: str, baseline: bool = False, items: float | None = None,
-        unit: str = "items", rounds: int = 5, **extra):
-    """Time ``fn(*args)`` under ``group`` as ``provider``; ``items`` per call gives a throughput."""
+        unit: str = "items", rounds: int = 5, peak: bool = False, **extra):
+    """Time ``fn(*args)`` under ``group`` as ``provider``; ``items`` per call gives a throughput.
+
+    ``peak=True`` also records ``op_peak_bytes``: the peak resident memory during the calls above the
+    resident memory before them (the call's working memory; Linux only, else not recorded).
+    """
     benchmark.group = group
     benchmark.extra_info.update(provider=provider, baseline=baseline, items=items, unit=unit, **extra)
+    base = reset_peak_rss() if peak else None
     if QUICK:
-        return benchmark.pedantic(fn, args=args, rounds=1, iterations=1, warmup_rounds=0)
-    return benchmark.pedantic(fn, args=args, rounds=rounds, iterations=1, warmup_rounds=1)
+        out = benchmark.pedantic(fn, args=args, rounds=1, iterations=1, warmup_rounds=0)
+    else:
+        out = benchmark.pedantic(fn, args=args, rounds=rounds, iterations=1, warmup_rounds=1)
+    if base is not None:
+        benchmark.extra_info["op_peak_bytes"] = proc_memory("VmHWM") - base
+    return out
+
+
+def proc_memory(key: str) -> int:
+    """A memory line of /proc/self/status in bytes (``"VmRSS"``, ``"VmHWM"`` = peak RSS)."""
+    with open("/proc/self/status") as f:
+        line = next(l for l in f if l.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def reset_peak_rss() -> int | None:
+    """Reset this process's peak RSS (Linux ``clear_refs``) and return the current RSS; None elsewhere."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)   # freed heap back to the OS: the base is live memory only
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return proc_memory("VmRSS")
+    except (OSError, StopIteration):
+        return None
 
 
 def peak_rss_subprocess(code: str, timeout: float = 3600) -> dict:

@@ -3,14 +3,17 @@
 Optional peers (each group skips with its reason when the package is missing; none is needed by
 ``make test``): faiss-cpu (IndexFlatIP / IndexFlatL2 exact, IndexHNSWFlat approximate), nnAudio and
 librosa (log-mel), open_clip's ClipLoss (its loss module only, loaded from the file so torchvision is
-not needed). Every row records the agreement with its peer in extra_info: index agreement for
-top-k, |loss difference| for InfoNCE, Pearson r of the log-mels.
+not needed), decord and torchcodec (video decode; torchcodec also needs FFmpeg's shared libraries).
+Every row records the agreement with its peer in extra_info: index agreement for top-k, |loss
+difference| for InfoNCE, Pearson r of the log-mels, frame timestamps and mean |pixel difference|
+for decoding; and ``op_peak_bytes``, the timed calls' working memory.
 
-    pip install faiss-cpu nnAudio; pip install --no-deps open_clip_torch
+    pip install faiss-cpu nnAudio decord torchcodec; pip install --no-deps open_clip_torch
     python -m avfast.cli bench peers            # --quick: smaller sizes
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -19,11 +22,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _harness import run, size
+from _harness import run as _run
+from _harness import size
 from avfast.ops import affinity_topk, contrastive_loss, mel_spectrogram
 from avfast.ops._mel_config import MelConfig
 
 THREADS = torch.get_num_threads()
+run = functools.partial(_run, peak=True)   # every row: time and the timed calls' working memory
 B_TOPK, D, K = size(8192, 1024), 256, 5
 B_LOSS, D_LOSS = size(4096, 512), 512
 B_MEL, SECONDS = size(32, 4), 10
@@ -187,3 +192,85 @@ def test_log_mel(benchmark, provider):
     frames = min(out.shape[-1], ours.shape[-1])
     benchmark.extra_info["pearson_r_vs_avfast"] = r = _pearson(out[..., :frames], ours[..., :frames])
     assert r > 0.99, f"{provider} log-mel disagrees with avfast's (r={r:.3f})"
+
+
+# Video decode ------------------------------------------------------------------------------------
+
+# seed 001's clip recipe (DataConfig defaults): 16 frames uniform over a 3 s window at 25 fps, frames
+# pre-scaled to a short side <= 320 (a 360p source is within the 25 % margin: native size, as the trainer)
+CLIPS, WINDOW, FRAMES, FPS = size(8, 2), 3.0, 16, 25.0
+DECODE = f"peers: video decode {CLIPS} clips x {FRAMES} frames / {WINDOW:.0f} s at {FPS:.0f} fps, 640x360 H.264, 1 thread"
+
+
+@pytest.fixture(scope="module")
+def movie(tmp_path_factory):
+    from avfast.data import make_demo_data, read_manifest
+
+    manifest = make_demo_data(tmp_path_factory.mktemp("peers_decode"), num_movies=1, shots_per_movie=size(8, 2),
+                              shot_seconds=(4.0, 5.0), width=640, height=360, voice="synthetic", seed=0)
+    path = read_manifest(manifest)[0].video
+    starts = sorted(np.random.default_rng(0).uniform(0.5, size(8, 2) * 4.0 - WINDOW, CLIPS).round(2).tolist())
+    return path, starts
+
+
+def _torchcodec():
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except ImportError:
+        pytest.skip("torchcodec not installed (pip install torchcodec; it needs FFmpeg's shared libraries)")
+    except Exception as exc:   # installed but unusable: no FFmpeg libraries, or built for another torch/CUDA
+        pytest.skip(f"torchcodec unusable here: {str(exc).strip().splitlines()[0][:200]}")
+    return VideoDecoder
+
+
+def _decord():
+    decord = pytest.importorskip("decord", reason="decord not installed (pip install decord)")
+    decord.bridge.set_bridge("native")
+    return decord
+
+
+@pytest.mark.parametrize("provider", ["decord VideoReader", "torchcodec VideoDecoder", "avfast PyAVVideoReader"])
+def test_video_decode(benchmark, movie, provider):
+    from avfast.data import PyAVVideoReader, clip_times
+    from avfast.data.video import _EPS, _frame_index, _shown_at
+
+    path, starts = movie
+    reader = PyAVVideoReader(threads=1)
+    avfast_read = lambda: [reader.read(path, s, WINDOW, num_frames=FRAMES, fps=FPS, max_short_side=320) for s in starts]
+    targets = [clip_times(s, WINDOW, FRAMES, FPS) for s in starts]
+    pts = _frame_index(path, os.path.getmtime(path))[0]
+    expected_pts = np.concatenate([pts[_shown_at(pts, t)] for t in targets])
+    if provider.startswith("decord"):
+        decord = _decord()
+
+        def read():   # a user's dataset: open per clip, frame indices from decord's own timestamps
+            clips, shown = [], []
+            for t in targets:
+                vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+                stamps = vr.get_frame_timestamp(np.arange(len(vr)))[:, 0]
+                idx = _shown_at(stamps, t)
+                clips.append(torch.from_numpy(vr.get_batch(idx.tolist()).asnumpy()).permute(0, 3, 1, 2))
+                shown.append(stamps[idx])
+            return clips, np.concatenate(shown)
+    elif provider.startswith("torchcodec"):
+        decoder_cls = _torchcodec()
+
+        def read():   # the grid times get avfast's float margin: "played at" takes pts <= t with no slack
+            clips, shown = [], []
+            for t in targets:
+                batch = decoder_cls(path, seek_mode="exact", num_ffmpeg_threads=1).get_frames_played_at(
+                    seconds=(t + _EPS).tolist())
+                clips.append(batch.data)
+                shown.append(batch.pts_seconds.numpy())
+            return clips, np.concatenate(shown)
+    else:
+        read = lambda: (avfast_read(), expected_pts)
+    clips, shown = run(benchmark, read, group=DECODE, provider=provider, baseline=provider.startswith("decord"),
+                       items=CLIPS * FRAMES, unit="frames", rounds=3)
+    ref = avfast_read()
+    assert [c.shape for c in clips] == [r.shape for r in ref], f"{provider} frame shapes differ from avfast's"
+    diff = torch.stack([(c.float() - r.float()).abs().mean() for c, r in zip(clips, ref)])
+    benchmark.extra_info["mean_abs_pixel_diff_vs_avfast"] = float(diff.mean())
+    benchmark.extra_info["max_pts_diff_s"] = pts_diff = float(np.abs(np.asarray(shown) - expected_pts).max())
+    assert pts_diff < 1e-3, f"{provider} shows other frames than avfast (timestamps differ by {pts_diff:.3f} s)"
+    assert float(diff.max()) < 1.0, f"{provider} pixels differ from avfast's (mean |diff| {float(diff.max()):.2f} / 255)"

@@ -330,7 +330,8 @@ class TorchCodecVideoReader:
         path = os.fspath(path)
         end = probe_video(path)["duration"]
         duration = _check_interval(path, start, duration, end, fps)
-        times = clip_times(start, duration, num_frames, fps, sampling)
+        # the PyAV reader's float margin: a grid time a hair below a stored timestamp takes that frame
+        times = clip_times(start, duration, num_frames, fps, sampling) + _EPS
         if end is not None:
             times = np.minimum(times, end - _EPS)
         try:
