@@ -1,13 +1,13 @@
 """``make_demo_data``: a small, real, deterministic dataset in the avfast layout, in seconds.
 
-Each "movie" is a run of shots (hard cuts, a new background each). In a shot, shapes move and
-bounce; each shape hums a tone whose base pitch is set by its colour (one note per palette colour),
-whose timbre is set by its kind (circle: pure, square: odd harmonics), whose pitch then follows its
-height on screen and whose loudness follows its size, and it clicks when it hits a wall, so the
-sound follows the picture. A "speaker" (a face
-whose mouth opens with the primary-language speech envelope) says one line per shot; every language
-track has the same background sounds and its own line (espeak-ng speech when installed, a synthetic
-voice otherwise) in the same slot: a dubbed movie in miniature.
+Each "movie" is a run of shots (hard cuts, a new grey background each: only the shapes carry colour).
+In a shot, shapes move and bounce; each shape hums a tone whose base pitch is set by its colour (one
+note per palette colour), whose timbre is set by its kind (circle: pure, square: odd harmonics), whose
+pitch then follows its height on screen within +-6 % (each colour keeps its own band) and whose
+loudness follows its size, and it clicks when it hits a wall, so the sound follows the picture. A
+"speaker" (a face whose mouth opens with the primary-language speech envelope) says one line per shot;
+every language track has the same background sounds and its own line (espeak-ng speech when
+installed, a synthetic voice otherwise) in the same slot: a dubbed movie in miniature.
 
 Layout written under ``out_dir``::
 
@@ -115,11 +115,12 @@ class _ShotRenderer:
 
     def __init__(self, rng, width, height, fps, sample_rate, frames):
         self.w, self.h, self.fps, self.sr, self.n = width, height, fps, sample_rate, frames
-        self.bg = rng.integers(20, 236, size=3).astype(np.uint8)
+        # a grey background: only the shapes carry colour (a coloured one would tell shots apart by itself)
+        self.bg = np.full(3, rng.integers(40, 200), np.uint8)
         colors = rng.choice(len(_PALETTE), size=int(rng.integers(1, 3)), replace=False)
         self.shapes = [
             _Shape(kind=str(rng.choice(["circle", "square"])), color=_PALETTE[c],
-                   radius=float(rng.uniform(0.06, 0.16) * height),
+                   radius=float(rng.uniform(0.10, 0.20) * height),
                    pos=rng.uniform([0.2 * width, 0.2 * height], [0.8 * width, 0.8 * height]),
                    vel=rng.uniform(-1, 1, 2) * np.array([width, height]) * 0.5,
                    tone=float(_NOTES[c]), colour=_COLOUR_NAMES[c])
@@ -173,10 +174,10 @@ class _ShotRenderer:
         out = np.zeros(n)
         for i, s in enumerate(self.shapes):
             height = 1.0 - np.interp(t, frame_t, self.track[:, i, 1]) / self.h  # 0 bottom .. 1 top
-            freq = s.tone * (0.75 + 0.5 * height)
+            freq = s.tone * (0.94 + 0.12 * height)  # +-6 %: each colour keeps its own band
             phase = 2 * np.pi * np.cumsum(freq) / self.sr
             harmonics = (1,) if s.kind == "circle" else (1, 3, 5)  # a square buzzes (odd harmonics)
-            out += (s.radius / self.h) * sum(np.sin(h * phase) / h for h in harmonics)
+            out += (0.15 + s.radius / self.h) * sum(np.sin(h * phase) / h for h in harmonics)
             for b in self.bounces[i]:
                 k = int(b * self.sr)
                 m = min(n - k, int(0.03 * self.sr))

@@ -75,3 +75,23 @@ def test_synthetic_voice_is_speech_like():
     spec = np.abs(np.fft.rfft(v))
     freqs = np.fft.rfftfreq(16000, 1 / 16000)
     assert spec[(freqs > 100) & (freqs < 3000)].sum() > 0.9 * spec.sum()  # energy in the speech band
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_each_colour_hums_in_its_own_band_on_grey(seed):
+    """Only the shapes carry colour, and a shape's hum stays within +-6 % of its colour's note whatever its
+    height, so what is seen (colour) fixes what is heard (band) in every clip: the cue held-out clips share."""
+    sr, fps, frames = 16000, 25, 100
+    shot = synthetic._ShotRenderer(np.random.default_rng(seed), 96, 72, fps, sr, frames)
+    assert len(set(shot.bg.tolist())) == 1  # grey background
+    spectrum = np.abs(np.fft.rfft(shot.background())) ** 2
+    freqs = np.fft.rfftfreq(int(round(frames / fps * sr)), 1 / sr)
+
+    def band(note):
+        return spectrum[(freqs >= 0.94 * note) & (freqs <= 1.06 * note)].sum()
+
+    present = {s.tone for s in shot.shapes}
+    harmonics = [h * t for t in present for h in (3, 5)]  # a square's odd harmonics may sit in another band
+    absent = [n for n in synthetic._NOTES if n not in present and not any(0.9 * n <= h <= 1.1 * n for h in harmonics)]
+    assert absent
+    assert min(band(t) for t in present) > 50 * max(band(n) for n in absent)
