@@ -25,7 +25,7 @@ DEMO_RUN ?= runs/demo
 demo: install
 	$(PY) -m avfast.cli info
 	$(PY) -m avfast.cli make-demo-data $(DEMO_DATA)
-	$(PY) -m avfast.cli make-demo-data $(DEMO_DATA)/heldout --movies 8 --seed 1
+	$(PY) -m avfast.cli make-demo-data $(DEMO_DATA)/heldout --movies 16 --seed 1
 	rm -rf $(DEMO_RUN)
 	$(PY) -m avfast.cli pretrain --config configs/demo.yaml --data $(DEMO_DATA)/manifest.jsonl --out $(DEMO_RUN) \
 		--set data.eval_manifest=$(DEMO_DATA)/heldout/manifest.jsonl --set data.probe_manifest=$(DEMO_DATA)/heldout/manifest.jsonl
