@@ -209,14 +209,24 @@ def _reference_priority(a, b, **info):
     return 25 if small else 0
 
 
+# Measured on CPU (fwd+bwd, D = 512, B = 512-8192, 1 and 2 threads, fp32/bf16/fp16, 2026-12-03,
+# benchmarks/RESULTS.md): plain InfoNCE runs 1.22-1.32x faster on `chunked` than on `cpp` (whose tile
+# kernels pay scalar libm expf: ATen's Vectorized<float>::exp in an extension built without
+# CPU_CAPABILITY flags), while with source / positive ids `cpp` is 1.01-1.16x faster (its in-tile id
+# rules beat the chunk loop's masks).
+def _cpp_priority(a, b, ids=False, **info):
+    return 20 if ids else 5
+
+
 register_backend(OP, "torch", priority=_reference_priority, autograd=True, check=_tiled_only,
                  description="reference: full B x B logits, torch autograd")(_reference_directional)
 register_backend(OP, "chunked", priority=10, autograd=True,
                  description="row chunks with online log-sum-exp; backward recomputes; O(B) memory")(_fused("chunked"))
-register_backend(OP, "cpp", priority=20, autograd=True, devices=("cpu",),
+register_backend(OP, "cpp", priority=_cpp_priority, autograd=True, devices=("cpu",),
                  dtypes=(torch.float16, torch.bfloat16, torch.float32), available=cpp_op("contrastive_tile_fwd_cpu"),
                  check=_cpp_check,
-                 description="chunked loop (MKL matmuls) + fused C++ tile kernels: one pass per tile")(_fused("cpp"))
+                 description="chunked loop (MKL matmuls) + fused C++ tile kernels: one pass per tile; auto picks it when "
+                             "source or positive ids are given (plain InfoNCE runs faster on chunked)")(_fused("cpp"))
 triton_backend(OP, priority=30, autograd=True, dtypes=(torch.float16, torch.bfloat16, torch.float32),
                check=_triton_check,
                description="fused fwd + bwd tiles, online log-sum-exp, ids compared in-tile")(_fused("triton"))
@@ -377,7 +387,8 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, *, tau: float = 0.07, log
         dt = torch.float64 if a.dtype == torch.float64 else torch.float32
         row = (a.sum(-1) + b.sum(-1)).to(dt) + scale.to(dt) * 0
         return _reduce(row, row, symmetric, "sum" if reduction == "mean" else reduction)
-    impl = select(OP, a, b, backend=backend, gather=gather, kind=kind)
+    impl = select(OP, a, b, backend=backend, gather=gather, kind=kind,
+                  ids=source_ids is not None or positive_ids is not None)
     log_w = math.log(source_weight)
     if gather == "none":
         row, col = impl.fn(a, b, scale, bias, positive_ids, positive_ids, source_ids, source_ids, 0, log_w,
