@@ -39,10 +39,16 @@ def op_missing_reason(name: str) -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def build_info() -> dict[str, str]:
-    """Build flags of ``avfast._C``, e.g. ``{"cpp": "1", "cuda": "0", "openmp": "1"}``; {} if absent."""
+    """Build flags of ``avfast._C``, e.g. ``{"cpp": "1", "cuda": "0", "openmp": "1", "avx512": "1"}``
+    (``avx512``: this CPU runs the C++ kernels' AVX-512 paths, off with ``AVFAST_NO_AVX512``); {} if absent."""
     if load_error() is not None:
         return {}
     return dict(item.split("=", 1) for item in torch.ops.avfast_C.build_info().split(";"))
+
+
+def cpu_avx512() -> bool:
+    """True when the C++ CPU kernels run their AVX-512 paths on this machine."""
+    return build_info().get("avx512", "0") == "1"
 
 
 def cuda_built() -> bool:

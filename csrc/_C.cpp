@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "cpu_features.h"
+
 #ifdef AVFAST_WITH_CUDA
 extern "C" int avfast_cuda_runtime_version();
 #endif
@@ -21,6 +23,7 @@ std::string build_info() {
 #ifdef _OPENMP
   info += ";openmp=1";
 #endif
+  info += avfast_cpu::avx512() ? ";avx512=1" : ";avx512=0";  // this CPU runs the AVX-512 paths
   return info;
 }
 

@@ -13,6 +13,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu_features.h"
+
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -121,14 +123,13 @@ __attribute__((target("avx512f"))) uint32_t above_avx512(const c10::BFloat16* s,
   return _mm512_cmp_ps_mask(v, _mm512_set1_ps(thr), _CMP_GT_OQ);
 }
 
-const bool kHasAvx512 = __builtin_cpu_supports("avx512f");
 #endif
 
 template <typename T>
 inline uint32_t above_threshold(const T* s, const float* bias, float thr) {
   static_assert(kFilterWidth == 16, "the AVX-512 filters compare 16 floats");
 #if defined(__GNUC__) && defined(__x86_64__)
-  if (kHasAvx512) return above_avx512(s, bias, thr);
+  if (avfast_cpu::avx512()) return above_avx512(s, bias, thr);
 #endif
   return above_generic(s, bias, thr);
 }

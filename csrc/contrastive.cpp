@@ -16,6 +16,13 @@
 #include <cmath>
 #include <limits>
 
+#include "cpu_features.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define AVFAST_AVX512 1
+#endif
+
 namespace {
 
 using at::Tensor;
@@ -94,6 +101,155 @@ std::pair<float, float> row_sums(const float* row, int64_t n, float m) {
   return {s, t};
 }
 
+// Column stats of a (c, stride) tile over columns [0, w), w <= 64: online (max, sum exp(v - max)) down
+// the rows, sum of finite entries and their count (the portable path).
+void column_stats(const float* z, int64_t c, int64_t stride, int64_t w, float* m, float* s, float* t, float* k) {
+  std::fill(m, m + w, kStartMax);
+  std::fill(s, s + w, 0.f);
+  std::fill(t, t + w, 0.f);
+  std::fill(k, k + w, 0.f);
+  for (int64_t i = 0; i < c; ++i) {
+    const float* row = z + i * stride;
+    int64_t j = 0;
+    for (; j + Vec::size() <= w; j += Vec::size()) {
+      Vec v = Vec::loadu(row + j), vm = Vec::loadu(m + j), zero(0.f), one(1.f), ninf(kNegInf);
+      Vec mn = at::vec::maximum(vm, v);
+      Vec vs = Vec::loadu(s + j) * (vm - mn).exp() + (v - mn).exp();
+      Vec finite = v != ninf;
+      mn.store(m + j);
+      vs.store(s + j);
+      (Vec::loadu(t + j) + Vec::blendv(zero, v, finite)).store(t + j);
+      (Vec::loadu(k + j) + Vec::blendv(zero, one, finite)).store(k + j);
+    }
+    for (; j < w; ++j) {
+      const float v = row[j], mn = std::max(m[j], v);
+      s[j] = s[j] * std::exp(m[j] - mn) + std::exp(v - mn);
+      m[j] = mn;
+      if (v != kNegInf) { t[j] += v; k[j] += 1.f; }
+    }
+  }
+}
+
+// One row of d loss / d logits in place: g * exp(v - lse) - reps (+ the column direction's terms when
+// cg is given); removed (-inf) logits get 0 (the portable path).
+void row_grad(float* row, int64_t n, float g, float lse, float reps, const float* cg, const float* cl, const float* ce) {
+  const Vec vg(g), vlse(lse), vre(reps), zero(0.f), ninf(kNegInf);
+  int64_t j = 0;
+  for (; j + Vec::size() <= n; j += Vec::size()) {
+    Vec v = Vec::loadu(row + j);
+    Vec d = vg * (v - vlse).exp() - vre;
+    if (cg) d = d + Vec::loadu(cg + j) * (v - Vec::loadu(cl + j)).exp() - Vec::loadu(ce + j);
+    Vec::blendv(d, zero, v == ninf).store(row + j);
+  }
+  for (; j < n; ++j) {
+    const float v = row[j];
+    float d = g * std::exp(v - lse) - reps;
+    if (cg) d += cg[j] * std::exp(v - cl[j]) - ce[j];
+    row[j] = (v == kNegInf) ? 0.f : d;
+  }
+}
+
+#ifdef AVFAST_AVX512
+// AVX-512 versions of the exp loops: ATen's Vectorized<float>::exp is scalar libm expf in an extension
+// built without CPU_CAPABILITY flags, and the exps are most of these kernels' time.
+#define AVX512 __attribute__((target("avx512f")))
+
+// exp of 16 floats (Cephes expf: ln 2 in two parts, degree-5 polynomial, scalef; about 2 ulp);
+// exactly 0 below -87.3 (so -inf, a removed logit, gives 0); NaN stays NaN.
+AVX512 inline __m512 exp16(__m512 x) {
+  const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+                                        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_NLT_UQ);
+  return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(y, n));
+}
+
+AVX512 inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+}
+
+AVX512 std::pair<float, float> row_sums_avx512(const float* row, int64_t n, float m) {
+  __m512 vs = _mm512_setzero_ps(), vt = _mm512_setzero_ps();
+  const __m512 vm = _mm512_set1_ps(m), ninf = _mm512_set1_ps(kNegInf);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 lanes = tail_mask(n - j);
+    const __m512 v = _mm512_maskz_loadu_ps(lanes, row + j);
+    vs = _mm512_mask_add_ps(vs, lanes, vs, exp16(_mm512_sub_ps(v, vm)));
+    vt = _mm512_mask_add_ps(vt, lanes & _mm512_cmp_ps_mask(v, ninf, _CMP_NEQ_OQ), vt, v);
+  }
+  return {_mm512_reduce_add_ps(vs), _mm512_reduce_add_ps(vt)};
+}
+
+// column_stats in two passes down the rows (max, then sum exp(v - max)): one exp per entry.
+AVX512 void column_stats_avx512(const float* z, int64_t c, int64_t stride, int64_t w, float* m, float* s, float* t,
+                                float* k) {
+  constexpr int R = 4;  // 4 x 16 = kBlock columns
+  __mmask16 lanes[R];
+  __m512 vm[R], vs[R], vt[R], vk[R];
+  const __m512 ninf = _mm512_set1_ps(kNegInf), one = _mm512_set1_ps(1.f);
+  for (int q = 0; q < R; ++q) {
+    lanes[q] = w > 16 * q ? tail_mask(w - 16 * q) : __mmask16(0);
+    vm[q] = _mm512_set1_ps(kStartMax);
+    vs[q] = vt[q] = vk[q] = _mm512_setzero_ps();
+  }
+  for (int64_t i = 0; i < c; ++i)
+    for (int q = 0; q < R; ++q)
+      vm[q] = _mm512_mask_max_ps(vm[q], lanes[q], vm[q], _mm512_maskz_loadu_ps(lanes[q], z + i * stride + 16 * q));
+  for (int64_t i = 0; i < c; ++i) {
+    for (int q = 0; q < R; ++q) {
+      const __m512 v = _mm512_maskz_loadu_ps(lanes[q], z + i * stride + 16 * q);
+      const __mmask16 finite = lanes[q] & _mm512_cmp_ps_mask(v, ninf, _CMP_NEQ_OQ);
+      vs[q] = _mm512_mask_add_ps(vs[q], lanes[q], vs[q], exp16(_mm512_sub_ps(v, vm[q])));
+      vt[q] = _mm512_mask_add_ps(vt[q], finite, vt[q], v);
+      vk[q] = _mm512_mask_add_ps(vk[q], finite, vk[q], one);
+    }
+  }
+  for (int q = 0; q < R; ++q) {
+    _mm512_mask_storeu_ps(m + 16 * q, lanes[q], vm[q]);
+    _mm512_mask_storeu_ps(s + 16 * q, lanes[q], vs[q]);
+    _mm512_mask_storeu_ps(t + 16 * q, lanes[q], vt[q]);
+    _mm512_mask_storeu_ps(k + 16 * q, lanes[q], vk[q]);
+  }
+}
+
+// row_grad, 16 columns at a time.
+AVX512 void row_grad_avx512(float* row, int64_t n, float g, float lse, float reps, const float* cg, const float* cl,
+                            const float* ce) {
+  const __m512 vg = _mm512_set1_ps(g), vlse = _mm512_set1_ps(lse), vre = _mm512_set1_ps(reps);
+  const __m512 ninf = _mm512_set1_ps(kNegInf);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 lanes = tail_mask(n - j);
+    const __m512 v = _mm512_maskz_loadu_ps(lanes, row + j);
+    __m512 d = _mm512_fmsub_ps(vg, exp16(_mm512_sub_ps(v, vlse)), vre);
+    if (cg != nullptr) {
+      const __m512 e = exp16(_mm512_sub_ps(v, _mm512_maskz_loadu_ps(lanes, cl + j)));
+      d = _mm512_add_ps(d, _mm512_fmsub_ps(_mm512_maskz_loadu_ps(lanes, cg + j), e, _mm512_maskz_loadu_ps(lanes, ce + j)));
+    }
+    const __mmask16 finite = _mm512_cmp_ps_mask(v, ninf, _CMP_NEQ_OQ);
+    _mm512_mask_storeu_ps(row + j, lanes, _mm512_maskz_mov_ps(finite, d));
+  }
+}
+#undef AVX512
+#endif
+
+// Columns' [log-sum-exp, (positive: set later), sum, count] from their (max, sum-exp, sum, count).
+void write_col_parts(float* out, int64_t w, const float* m, const float* s, const float* t, const float* k) {
+  for (int64_t j = 0; j < w; ++j) {
+    out[j * 4 + 0] = m[j] + std::log(s[j]);
+    out[j * 4 + 2] = t[j];
+    out[j * 4 + 3] = k[j];
+  }
+}
+
 std::tuple<Tensor, Tensor> tile_fwd(Tensor z, c10::optional<Tensor> x_pos, c10::optional<Tensor> y_pos,
                                     c10::optional<Tensor> x_src, c10::optional<Tensor> y_src, int64_t shift,
                                     double log_w_d, bool both) {
@@ -112,7 +268,11 @@ std::tuple<Tensor, Tensor> tile_fwd(Tensor z, c10::optional<Tensor> x_pos, c10::
       const int64_t jd = i + shift;
       const int64_t removed = apply_rules(row, i, n, jd, ids, log_w);
       const float m = row_max(row, n);
+#ifdef AVFAST_AVX512
+      const auto [s, t] = avfast_cpu::avx512() ? row_sums_avx512(row, n, m) : row_sums(row, n, m);
+#else
       const auto [s, t] = row_sums(row, n, m);
+#endif
       rp[i * 4 + 0] = m + std::log(s);
       rp[i * 4 + 1] = (jd >= 0 && jd < n) ? row[jd] : 0.f;
       rp[i * 4 + 2] = t;
@@ -126,36 +286,13 @@ std::tuple<Tensor, Tensor> tile_fwd(Tensor z, c10::optional<Tensor> x_pos, c10::
       float m[kBlock], s[kBlock], t[kBlock], k[kBlock];
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t j0 = b * kBlock, w = std::min(kBlock, n - j0);
-        std::fill(m, m + kBlock, kStartMax);
-        std::fill(s, s + kBlock, 0.f);
-        std::fill(t, t + kBlock, 0.f);
-        std::fill(k, k + kBlock, 0.f);
-        for (int64_t i = 0; i < c; ++i) {
-          const float* row = zp + i * n + j0;
-          int64_t j = 0;
-          for (; j + Vec::size() <= w; j += Vec::size()) {
-            Vec v = Vec::loadu(row + j), vm = Vec::loadu(m + j), zero(0.f), one(1.f), ninf(kNegInf);
-            Vec mn = at::vec::maximum(vm, v);
-            Vec vs = Vec::loadu(s + j) * (vm - mn).exp() + (v - mn).exp();
-            Vec finite = v != ninf;
-            mn.store(m + j);
-            vs.store(s + j);
-            (Vec::loadu(t + j) + Vec::blendv(zero, v, finite)).store(t + j);
-            (Vec::loadu(k + j) + Vec::blendv(zero, one, finite)).store(k + j);
-          }
-          for (; j < w; ++j) {
-            const float v = row[j], mn = std::max(m[j], v);
-            s[j] = s[j] * std::exp(m[j] - mn) + std::exp(v - mn);
-            m[j] = mn;
-            if (v != kNegInf) { t[j] += v; k[j] += 1.f; }
-          }
-        }
-        for (int64_t j = 0; j < w; ++j) {
-          float* out = cp + (j0 + j) * 4;
-          out[0] = m[j] + std::log(s[j]);
-          out[2] = t[j];
-          out[3] = k[j];
-        }
+#ifdef AVFAST_AVX512
+        if (avfast_cpu::avx512())
+          column_stats_avx512(zp + j0, c, n, w, m, s, t, k);
+        else
+#endif
+          column_stats(zp + j0, c, n, w, m, s, t, k);
+        write_col_parts(cp + j0 * 4, w, m, s, t, k);
       }
     });
     for (int64_t i = 0; i < c; ++i) {
@@ -198,20 +335,12 @@ Tensor tile_bwd(Tensor z, c10::optional<Tensor> x_pos, c10::optional<Tensor> y_p
       const int64_t jd = i + shift;
       apply_rules(row, i, n, jd, ids, log_w);
       const float g = grp[i], lse = rsp[2 * i], reps = g * eps / rsp[2 * i + 1];
-      const Vec vg(g), vlse(lse), vre(reps), zero(0.f), ninf(kNegInf);
-      int64_t j = 0;
-      for (; j + Vec::size() <= n; j += Vec::size()) {
-        Vec v = Vec::loadu(row + j);
-        Vec d = vg * (v - vlse).exp() - vre;
-        if (both) d = d + Vec::loadu(cgp + j) * (v - Vec::loadu(clp + j)).exp() - Vec::loadu(cep + j);
-        Vec::blendv(d, zero, v == ninf).store(row + j);
-      }
-      for (; j < n; ++j) {
-        const float v = row[j];
-        float d = g * std::exp(v - lse) - reps;
-        if (both) d += cgp[j] * std::exp(v - clp[j]) - cep[j];
-        row[j] = (v == kNegInf) ? 0.f : d;
-      }
+#ifdef AVFAST_AVX512
+      if (avfast_cpu::avx512())
+        row_grad_avx512(row, n, g, lse, reps, both ? cgp : nullptr, clp, cep);
+      else
+#endif
+        row_grad(row, n, g, lse, reps, both ? cgp : nullptr, clp, cep);
       if (jd >= 0 && jd < n) row[jd] -= (1.f - eps) * (g + (both ? cgp[jd] : 0.f));
     }
   });

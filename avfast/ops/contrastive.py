@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from avfast._backend import cpp_op, register_backend, select, triton_backend
+from avfast._ext import cpu_avx512
 from avfast.ops import _contrastive_chunked as chunked
 from avfast.ops._contrastive_chunked import PairIds
 from avfast.ops._finite import first_nonfinite_row
@@ -209,13 +210,13 @@ def _reference_priority(a, b, **info):
     return 25 if small else 0
 
 
-# Measured on CPU (fwd+bwd, D = 512, B = 512-8192, 1 and 2 threads, fp32/bf16/fp16, 2026-12-03,
-# benchmarks/RESULTS.md): plain InfoNCE runs 1.22-1.32x faster on `chunked` than on `cpp` (whose tile
-# kernels pay scalar libm expf: ATen's Vectorized<float>::exp in an extension built without
-# CPU_CAPABILITY flags), while with source / positive ids `cpp` is 1.01-1.16x faster (its in-tile id
-# rules beat the chunk loop's masks).
+# Measured on CPU (fwd+bwd, D = 512, B = 512-8192, 2026-12-03, benchmarks/RESULTS.md): with its AVX-512
+# exp `cpp` beats `chunked` (1.09-1.19x plain InfoNCE at B >= 2048, equal at 512; 1.33-1.71x with source /
+# positive ids); without it
+# (ATen's Vectorized<float>::exp is scalar libm expf in this extension) plain InfoNCE ran 1.22-1.32x
+# faster on `chunked`, while ids still favoured `cpp` (1.01-1.16x).
 def _cpp_priority(a, b, ids=False, **info):
-    return 20 if ids else 5
+    return 20 if ids or cpu_avx512() else 5
 
 
 register_backend(OP, "torch", priority=_reference_priority, autograd=True, check=_tiled_only,
@@ -225,8 +226,8 @@ register_backend(OP, "chunked", priority=10, autograd=True,
 register_backend(OP, "cpp", priority=_cpp_priority, autograd=True, devices=("cpu",),
                  dtypes=(torch.float16, torch.bfloat16, torch.float32), available=cpp_op("contrastive_tile_fwd_cpu"),
                  check=_cpp_check,
-                 description="chunked loop (MKL matmuls) + fused C++ tile kernels: one pass per tile; auto picks it when "
-                             "source or positive ids are given (plain InfoNCE runs faster on chunked)")(_fused("cpp"))
+                 description="chunked loop (MKL matmuls) + fused C++ tile kernels (AVX-512 exp where the CPU has it); "
+                             "without AVX-512 auto picks it only when source or positive ids are given")(_fused("cpp"))
 triton_backend(OP, priority=30, autograd=True, dtypes=(torch.float16, torch.bfloat16, torch.float32),
                check=_triton_check,
                description="fused fwd + bwd tiles, online log-sum-exp, ids compared in-tile")(_fused("triton"))

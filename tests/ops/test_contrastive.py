@@ -1,5 +1,6 @@
 """avfast.ops.contrastive_loss: reference semantics, every backend vs the reference, custom op, modules."""
 import math
+import os
 
 import pytest
 import torch
@@ -297,6 +298,7 @@ def test_logit_scale_clamped_and_gradient():
 
 
 def test_auto_choice_on_cpu():
+    from avfast import _ext
     from avfast._backend import select
     from avfast.ops.contrastive import SMALL_CPU_LOGITS
 
@@ -304,9 +306,11 @@ def test_auto_choice_on_cpu():
     assert select("contrastive_loss", small, small).name == "torch"  # tiny logits: the reference is faster
     n = int(SMALL_CPU_LOGITS ** 0.5) + 1
     a = torch.empty(n, 3)
-    assert select("contrastive_loss", a, a).name == "chunked"  # plain InfoNCE: chunked measured faster
-    with_ids = "cpp" if "cpp" in BACKENDS else "chunked"  # same-source / positive ids: the C++ tiles
-    assert select("contrastive_loss", a, a, ids=True).name == with_ids
+    has_cpp = "cpp" in BACKENDS
+    # plain InfoNCE: the C++ tiles when they have their AVX-512 exp, else chunked (measured faster)
+    plain = "cpp" if has_cpp and _ext.cpu_avx512() else "chunked"
+    assert select("contrastive_loss", a, a).name == plain
+    assert select("contrastive_loss", a, a, ids=True).name == ("cpp" if has_cpp else "chunked")  # same-source ids
     assert select("contrastive_loss", a, a, kind="siglip").name == "chunked"
     assert select("contrastive_loss", a.double(), a.double()).name == "chunked"
     assert select("contrastive_loss", a, a, gather="ring").name == "chunked"
@@ -432,3 +436,32 @@ def test_cpu_scale_and_bias_with_cuda_embeddings(backend):
     helpers.assert_close(loss, ref, dtype=torch.float32)
     helpers.assert_close(scale_cpu.grad, scale_gpu.grad.cpu(), dtype=torch.float32)
     helpers.assert_close(bias_cpu.grad, bias_gpu.grad.cpu(), dtype=torch.float32)
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="avfast._C not built")
+def test_cpp_portable_path_without_avx512():
+    """AVFAST_NO_AVX512 runs the C++ tiles' portable exp loops (the AVX-512 ones run in the tests above
+    on a CPU that has it); both agree with the reference, with ids, smoothing and a ragged width."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from avfast import _ext\n"
+        "from avfast.ops import contrastive_loss, contrastive_loss_reference\n"
+        "assert not _ext.cpu_avx512()\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "a, b = (torch.randn(77, 24, generator=g).requires_grad_() for _ in range(2))\n"
+        "kw = dict(source_ids=torch.arange(77) // 5, source_weight=2.0, label_smoothing=0.1)\n"
+        "out = contrastive_loss(a, b, backend='cpp', **kw)\n"
+        "ga, gb = torch.autograd.grad(out, (a, b))\n"
+        "ref = contrastive_loss_reference(a, b, **kw)\n"
+        "ra, rb = torch.autograd.grad(ref, (a, b))\n"
+        "torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)\n"
+        "torch.testing.assert_close(ga, ra, rtol=1e-4, atol=1e-6)\n"
+        "torch.testing.assert_close(gb, rb, rtol=1e-4, atol=1e-6)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "AVFAST_NO_AVX512": "1"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
