@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from avfast.metrics.localization import (AUC_THRESHOLDS, LocalizationMeter, box_mask, ciou, ciou_success,
-                                         localization_auc)
+                                         localization_auc, reference_maps)
 
 S = 224
 
@@ -87,3 +87,39 @@ def test_meter_and_empty_gt():
     assert out["samples"] == 2 and out["cIoU"] == 0.5 and out["mean_cIoU"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="vid_3: empty ground-truth"):
         ciou(torch.rand(1, 7, 7), torch.zeros(1, S, S), clips=["vid_3"])
+
+
+def test_reference_maps_and_what_coarse_maps_can_score():
+    gt = box_mask([[0.0, 0.0, 0.5, 0.5]])[None]                 # the top-left quarter: rows and cols 0:112
+    maps = reference_maps(gt, (4, 4), generator=torch.Generator().manual_seed(0))
+    assert {k: tuple(v.shape) for k, v in maps.items()} == {"random": (1, 4, 4), "centre": (1, 4, 4),
+                                                            "oracle": (1, 4, 4)}
+    want = torch.zeros(4, 4)
+    want[:2, :2] = 1
+    torch.testing.assert_close(maps["oracle"][0], want)
+    # bilinear upsampling (56 px per cell) keeps values > 0 up to pixel 139: 140^2 predicted vs a 112^2 box
+    assert float(ciou(maps["oracle"], gt)) == pytest.approx(112 ** 2 / 140 ** 2)
+    c = maps["centre"][0]
+    assert c[1, 1] == c[2, 2] == c.max() and c[0, 0] == c.min()
+    small = box_mask([[1 / 3, 1 / 3, 2 / 3, 2 / 3]])[None]      # 1/9 of the frame
+    coarse = [float(ciou(reference_maps(small, (r, r))["oracle"], small)) for r in (4, 7, 14)]
+    assert coarse[0] < coarse[1] < coarse[2] < 0.5 and coarse[0] == pytest.approx(0.224, abs=0.002)
+    assert float(ciou(small, small)) == pytest.approx(1.0)
+
+
+def test_meter_scores_the_baselines_on_the_same_boxes():
+    meter = LocalizationMeter(baselines=True)
+    gt = torch.stack([box_mask([[0.0, 0.0, 0.5, 0.5]]), box_mask([[0.25, 0.25, 0.75, 0.75]])])
+    heat = torch.zeros(2, 4, 4)
+    heat[0, :2, :2] = 1
+    heat[1, 3, 3] = 1                                           # wrong corner
+    meter.update(heat, gt)
+    out = meter.compute()
+    assert out["mean_cIoU"] == pytest.approx(float(ciou(heat, gt).mean()))
+    assert out["oracle_mean_cIoU"] == pytest.approx(float(ciou(reference_maps(gt, (4, 4))["oracle"], gt).mean()))
+    assert out["oracle_mean_cIoU"] > out["mean_cIoU"]
+    assert out["centre_mean_cIoU"] == pytest.approx(float(ciou(reference_maps(gt, (4, 4))["centre"], gt).mean()))
+    assert 0 <= out["random_mean_cIoU"] < 1 and set(out) >= {"random_AUC", "centre_AUC", "oracle_AUC"}
+    plain = LocalizationMeter()
+    plain.update(heat, gt)
+    assert set(plain.compute()) == {"cIoU", "AUC", "mean_cIoU", "samples"}

@@ -52,16 +52,9 @@ def train_and_assign(train_clips=64, test_clips=48, epochs=5, seed=0, lr=3e-3, b
 
 def localization_vs_baselines(maps, boxes, seed=0):
     """Mean cIoU and AUC (VGG-SS protocol) of ``maps (N, h, w)`` against the clips' boxes (N, 4), and of
-    two baselines on the same clips: uniform random maps and a centred Gaussian."""
-    from avfast.metrics.localization import box_mask, ciou, localization_auc
+    ``reference_maps`` on the same clips (``random_``, ``centre_``, ``oracle_``: the boxes at the maps' resolution)."""
+    from avfast.metrics.localization import LocalizationMeter, box_mask
 
-    gt = torch.stack([box_mask([b.tolist()], fmt="vggss") for b in boxes])
-    n, h, w = maps.shape
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    baselines = {"": maps, "random_": torch.rand(n, h, w, generator=torch.Generator().manual_seed(seed)),
-                 "centre_": torch.exp(-(xx ** 2 + yy ** 2) / 0.5).expand(n, h, w)}
-    out = {}
-    for name, m in baselines.items():
-        c = ciou(m, gt)
-        out[f"{name}mean_cIoU"], out[f"{name}AUC"] = float(c.mean()), localization_auc(c)
-    return out
+    meter = LocalizationMeter(baselines=True, seed=seed)
+    meter.update(maps, torch.stack([box_mask([b.tolist()], fmt="vggss") for b in boxes]))
+    return {k: v for k, v in meter.compute().items() if "mean_cIoU" in k or "AUC" in k}

@@ -23,6 +23,7 @@ def test_train_eval_localize_synthetic(tmp_path, capsys):
                  str(tmp_path / "maps"), "--clips", "2"]) == 0
     text = capsys.readouterr().out
     assert "cIoU" in text and "AUC" in text and len(list((tmp_path / "maps").glob("*.png"))) == 2
+    assert "centre_mean_cIoU" in text and "oracle_mean_cIoU" in text     # reference maps on the same boxes
 
 
 def test_train_on_vggsound_layout(tmp_path, capsys):
@@ -36,6 +37,8 @@ def test_train_on_vggsound_layout(tmp_path, capsys):
 def test_config_errors(tmp_path):
     from avfast.train.config import ConfigError
 
+    with pytest.raises(ConfigError, match="needs >= 2"):
+        main(["events", "train", "--config", CFG, "--out", str(tmp_path / "b"), *SMALL, "--set", "data.batch_size=1"])
     with pytest.raises(ConfigError, match="model.frames"):
         main(["events", "train", "--config", CFG, "--out", str(tmp_path / "x"), "--set", "model.frames=20"])
     with pytest.raises(ConfigError, match="model.classes"):

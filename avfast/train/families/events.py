@@ -120,8 +120,13 @@ def _dataset(cfg, split: str):
 
 def _build_data(cfg, split, info):
     from avfast.data.vggsound import collate_events
+    from avfast.train.config import ConfigError
     from avfast.train.data import training_source
 
+    if cfg.data.batch_size // info.world_size < 2:
+        raise ConfigError(f"data.batch_size {cfg.data.batch_size} over {info.world_size} process(es) leaves "
+                          f"{cfg.data.batch_size // info.world_size} clip per process: the event heads' BatchNorm "
+                          "needs >= 2 in training")
     return training_source(_dataset(cfg, split)[0], cfg, info, collate_events)
 
 
@@ -171,7 +176,7 @@ def _run_eval(cfg, model, split: str, heatmaps_dir: str | None) -> dict:
 
     device = next(model.parameters()).device
     data, names = _dataset(cfg, split)
-    logits, labels, meter, saved = [], [], LocalizationMeter(), 0
+    logits, labels, meter, saved = [], [], LocalizationMeter(baselines=True), 0
     for batch in _eval_batches(cfg, data):
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         out = _forward(model, batch)
@@ -234,6 +239,8 @@ def _cmd_localize(args) -> int:
     with torch.no_grad():
         results = _run_eval(cfg, model, args.split, args.heatmaps)
     loc = {k: results[k] for k in ("cIoU", "AUC", "mean_cIoU", "samples") if k in results}
+    # the same boxes scored by reference maps: a centred prior and the boxes themselves at the model's resolution
+    loc.update({k: results[k] for k in ("centre_mean_cIoU", "oracle_mean_cIoU", "random_mean_cIoU") if k in results})
     if not loc:
         raise SystemExit(f"split {args.split!r} has no boxes to localise (VGG-SS: vggss.json in the root)")
     print(format_metrics(f"{args.split} localisation (step {state['step']}):", loc))
