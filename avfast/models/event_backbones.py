@@ -135,6 +135,21 @@ class EventAudioNet(nn.Module):
         self.names = tuple(row[0] for row in AUDIO_TABLE)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_tap(mel, None)[0]
+
+    def tap_shape(self, name: str) -> tuple[int, int, int]:
+        """(channels, time positions per segment, mel positions) of row ``name``'s output."""
+        time, mels, channels = 100, 80, 1
+        for row, filters, k, s, p in AUDIO_TABLE:
+            time = (time + 2 * p[1] - k[1]) // s[1] + 1
+            mels = (mels + 2 * p[2] - k[2]) // s[2] + 1
+            channels = self.config.filters(filters) if filters is not None else channels
+            if row == name:
+                return channels, time, mels
+        raise ValueError(f"EventAudioNet has no row {name!r} ({', '.join(self.names)})")
+
+    def forward_with_tap(self, mel: torch.Tensor, tap: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (the ``(B, S * 10, 512)`` steps, row ``tap``'s output ``(B, C, S, time, mels)`` or None)."""
         c = self.config
         if mel.dim() == 3:
             if mel.shape[1:] != (c.segments * 100, 80):
@@ -142,11 +157,15 @@ class EventAudioNet(nn.Module):
             mel = mel.reshape(mel.shape[0], 1, c.segments, 100, 80)
         if mel.dim() != 5 or mel.shape[1:] != (1, c.segments, 100, 80):
             raise ValueError(f"EventAudioNet: input must be (B, 1, {c.segments}, 100, 80), got {tuple(mel.shape)}")
-        x = mel
+        if tap is not None and tap not in self.names:
+            raise ValueError(f"EventAudioNet has no row {tap!r} ({', '.join(self.names)})")
+        x, tapped = mel, None
         for name in self.names:
             x = getattr(self, name)(x)
+            if name == tap:
+                tapped = x
         # (B, C, S, 10, 1) -> (B, S * 10, C): the 100 x 1 grid of fc9
-        return x.flatten(2).transpose(1, 2)
+        return x.flatten(2).transpose(1, 2), tapped
 
 
 class _BasicBlock(nn.Module):

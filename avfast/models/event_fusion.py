@@ -11,7 +11,11 @@ layers ... in a multi-task learning scheme") does not either. **These layers are
 - **onset layer** (rhythmic, repetitive events): onset-driven temporal pooling, the mean of the
   transient part ``g_l = f_l - mean_l f_l`` over the steps holding an audio onset
   (``avfast.audio.onset.onset_detect`` on the wave, or
-  precomputed onsets as the seed's "precomputed onset envelopes"); zeros without onsets;
+  precomputed onsets as the seed's "precomputed onset envelopes"); zeros without onsets. Its audio
+  is the audio network's conv3 map (20 ms positions, 110 ms receptive field), max-pooled over each
+  step's 5 positions and projected to D (``onset_features="conv3"``): an fc9 step sees 0.71 s, two or
+  three beats of a rhythmic sound, so onset pooling of fc9 steps is nearly a plain mean and the
+  continuous layer won the rhythmic classes (``onset_features="steps"`` keeps that reading);
 - **instant layer** (sudden, sparse events): sparse attention, a learned query over ``g_l`` whose
   keys are only the ``instant_k`` loudest steps (mean mel power; ``-inf`` bias elsewhere) through
   ``avfast.ops.cross_attention``;
@@ -48,6 +52,7 @@ __all__ = ["LAYERS", "EventFusionConfig", "EventFusionNet", "EventFusionLoss", "
            "onset_steps", "localization_loss"]
 
 LAYERS = ("onset", "instant", "continuous")
+ONSET_FEATURES = ("conv3", "steps")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class EventFusionConfig:
     hidden: int = 512                # fused feature size
     layers: tuple = LAYERS           # which event layers are on
     instant_k: int = 2               # steps kept by the instant layer's sparse attention
+    onset_features: str = "conv3"    # the onset layer's audio: "conv3" (20 ms map, max per step) or "steps"
     definition: str = "ours"         # "ours": the reading above; the paper's own is not public
     sample_rate: int = 16000
     backend: str = "auto"            # ops backend (mel, attention, affinity)
@@ -76,6 +82,8 @@ class EventFusionConfig:
             raise ValueError(f"layers must be distinct names from {LAYERS} ({layers} given)")
         if self.classes < 1 or self.hidden < 1:
             raise ValueError(f"classes and hidden must be >= 1 ({self.classes}, {self.hidden} given)")
+        if self.onset_features not in ONSET_FEATURES:
+            raise ValueError(f"onset_features must be one of {ONSET_FEATURES} ({self.onset_features!r} given)")
         if not 1 <= self.instant_k <= self.segments * 10:
             raise ValueError(f"instant_k must be in [1, {self.segments * 10}] ({self.instant_k} given)")
         self.backbone  # validates the backbone sizes
@@ -121,6 +129,12 @@ class EventFusionNet(nn.Module):
         # one fusion MLP per layer (event-specific fusion): a layer's features grow from its own gradient only
         self.fuse = nn.ModuleDict({name: nn.Sequential(nn.Linear(2 * d, c.hidden), nn.ReLU(inplace=True),
                                                        nn.Linear(c.hidden, c.hidden)) for name in c.layers})
+        # the onset layer's audio: conv3's map (20 ms positions, 110 ms receptive field) max-pooled per step
+        # and projected to D, sharp where the 10 Hz steps (0.71 s receptive field) blur a beat into its neighbours
+        self.onset_tap = "conv3" if "onset" in c.layers and c.onset_features == "conv3" else None
+        if self.onset_tap:
+            channels, _, mels = self.audio_net.tap_shape(self.onset_tap)
+            self.onset_proj = nn.Linear(channels * mels, d)
         self.query = nn.Parameter(torch.randn(c.hidden) * c.hidden ** -0.5) if "instant" in c.layers else None
         # BatchNorm on each layer's pooled feature: the layers' pooled features differ in scale (a mean over
         # 100 steps vs a few onset steps), which would otherwise decide which layer's logits grow first
@@ -165,6 +179,19 @@ class EventFusionNet(nn.Module):
             return cross_attention_reference(q, kv, kv, attn_bias=bias)[0][:, 0, 0]
         return cross_attention(q, kv, kv, attn_bias=bias, backend=self.config.backend)[:, 0, 0]
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.onset_tap and strict and not any(k.startswith("onset_proj.") for k in state_dict):
+            raise RuntimeError("EventFusionNet: this checkpoint's onset layer reads the fc9 steps (written before "
+                               "`onset_features`, whose default is now 'conv3'): build the model with "
+                               "onset_features='steps' (CLI: --set model.onset_features=steps)")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _onset_audio(self, tapped: torch.Tensor) -> torch.Tensor:
+        """conv3's map (B, C, S, 50, M) -> (B, L, D): the max over each step's 5 positions, projected."""
+        b, ch, seg, time, mels = tapped.shape
+        x = tapped.permute(0, 2, 3, 1, 4).reshape(b, seg * 10, time // 10, ch * mels).amax(2)
+        return self.onset_proj(x)
+
     def forward(self, wave: torch.Tensor | None, frames: torch.Tensor, onsets: torch.Tensor | None = None,
                 mel: torch.Tensor | None = None) -> dict:
         c = self.config
@@ -174,7 +201,7 @@ class EventFusionNet(nn.Module):
             raise ValueError("EventFusionNet: with a precomputed mel give the onsets too")
         if mel is None:
             mel = self.log_mel(wave)
-        a = self.audio_net(mel)                                         # (B, L, D)
+        a, tapped = self.audio_net.forward_with_tap(mel, self.onset_tap)   # (B, L, D)
         energy = mel.float().exp().mean(-1).view(mel.shape[0], c.steps, -1).mean(-1)  # (B, L) mel power per step
         vmap = self.video_net.feature_map(frames)                       # (B, D, T, h, w)
         v = vmap.mean((-1, -2)).transpose(1, 2)                         # (B, T, D)
@@ -189,9 +216,12 @@ class EventFusionNet(nn.Module):
         elif onsets.shape[-1] != c.steps:
             onsets = onset_steps(onsets.bool(), c.steps)
         av = torch.cat([a, v], -1)                                      # (B, L, 2D)
-        per_second = av.view(av.shape[0], c.segments, 10, -1).mean(2)  # (B, seconds, 2D)
-        logits = torch.stack([self.heads[name](self._pool(name, self.fuse[name](
-            per_second if name == "continuous" else av), onsets, energy)) for name in c.layers], 1)
+        inputs = {"instant": av, "onset": av,
+                  "continuous": av.view(av.shape[0], c.segments, 10, -1).mean(2)}  # per second (B, seconds, 2D)
+        if self.onset_tap:
+            inputs["onset"] = torch.cat([self._onset_audio(tapped), v], -1)
+        logits = torch.stack([self.heads[name](self._pool(name, self.fuse[name](inputs[name]), onsets, energy))
+                              for name in c.layers], 1)
         return {"logits": logits, "scores": logits.sigmoid().amax(1), "audio": a, "video": v,
                 "video_map": vmap, "onsets": onsets, "energy": energy}
 

@@ -64,6 +64,15 @@ def test_small_forward_and_errors():
         v(torch.randn(2, 3, 20, 48, 48))
     with pytest.raises(ValueError, match="multiple of 16"):
         EventBackboneConfig(frame_size=50)
+    x = torch.randn(2, 200, 80)
+    a.eval()
+    steps, tapped = a.forward_with_tap(x, "maxpool3")
+    assert torch.equal(steps, a(x)) and tapped.shape == (2, 12, 2, 24, 9)
+    assert a.tap_shape("maxpool3") == (12, 24, 9) and a.tap_shape("fc9") == (32, 10, 1)
+    with pytest.raises(ValueError, match="no row 'conv99'"):
+        a.tap_shape("conv99")
+    with pytest.raises(ValueError, match="no row 'conv99'"):
+        a.forward_with_tap(torch.randn(2, 200, 80), "conv99")
 
 
 def test_local_weights_strict(tmp_path):
