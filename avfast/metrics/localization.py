@@ -133,9 +133,12 @@ def reference_maps(gt: torch.Tensor, size: tuple[int, int], *, generator: torch.
     - ``"random"``: uniform noise (``generator`` seeds it);
     - ``"centre"``: a centred Gaussian, ``exp(-(x^2 + y^2) / 0.5)`` on [-1, 1]^2 (the usual prior);
     - ``"oracle"``: the ground truth averaged into the h x w cells, what a perfect model of that
-      resolution outputs. Coarse maps cap the score: upsampling smears half a cell past the box and
-      the median threshold keeps the smear, so a box of 1/9 of the frame scores 0.22 through a 4 x 4
-      oracle and 0.34 through a 7 x 7 one (1.0 at full resolution)."""
+      resolution outputs. Upsampling smears half a cell past the box and the median threshold keeps
+      the smear, so a box of 1/9 of the frame scores 0.22 through a 4 x 4 oracle and 0.34 through a
+      7 x 7 one (1.0 at full resolution). The oracle is flat outside the box, which is what lets the
+      median threshold drop the outside: a map whose values all differ keeps half the frame, so for a
+      box smaller than half the frame its cIoU is at most box area / half the frame (0.22 for 1/9),
+      at any resolution."""
     h, w = size
     b = gt.shape[0]
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")

@@ -105,6 +105,9 @@ def test_reference_maps_and_what_coarse_maps_can_score():
     coarse = [float(ciou(reference_maps(small, (r, r))["oracle"], small)) for r in (4, 7, 14)]
     assert coarse[0] < coarse[1] < coarse[2] < 0.5 and coarse[0] == pytest.approx(0.224, abs=0.002)
     assert float(ciou(small, small)) == pytest.approx(1.0)
+    # the same box with faint noise outside: the median keeps half the frame, cIoU = area / half = 2/9
+    noisy = small + 1e-3 * torch.rand(small.shape, generator=torch.Generator().manual_seed(0))
+    assert float(ciou(noisy, small)) == pytest.approx(float(small.mean()) / 0.5, abs=2e-3)
 
 
 def test_meter_scores_the_baselines_on_the_same_boxes():
