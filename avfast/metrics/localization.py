@@ -131,7 +131,8 @@ def reference_maps(gt: torch.Tensor, size: tuple[int, int], *, generator: torch.
     ``box_mask`` -> {name: (B, h, w)}:
 
     - ``"random"``: uniform noise (``generator`` seeds it);
-    - ``"centre"``: a centred Gaussian, ``exp(-(x^2 + y^2) / 0.5)`` on [-1, 1]^2 (the usual prior);
+    - ``"centre"``: a centred Gaussian, ``exp(-(x^2 + y^2) / 0.5)`` on [-1, 1]^2 (the usual prior;
+      constant, so scoring 0, on maps of at most 2 x 2);
     - ``"oracle"``: the ground truth averaged into the h x w cells, what a perfect model of that
       resolution outputs. Upsampling smears half a cell past the box and the median threshold keeps
       the smear, so a box of 1/9 of the frame scores 0.22 through a 4 x 4 oracle and 0.34 through a
