@@ -137,8 +137,13 @@ class EventAudioNet(nn.Module):
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         return self.forward_with_tap(mel, None)[0]
 
+    def _check_row(self, name: str) -> None:
+        if name not in self.names:
+            raise ValueError(f"EventAudioNet has no row {name!r} ({', '.join(self.names)})")
+
     def tap_shape(self, name: str) -> tuple[int, int, int]:
         """(channels, time positions per segment, mel positions) of row ``name``'s output."""
+        self._check_row(name)
         time, mels, channels = 100, 80, 1
         for row, filters, k, s, p in AUDIO_TABLE:
             time = (time + 2 * p[1] - k[1]) // s[1] + 1
@@ -146,7 +151,6 @@ class EventAudioNet(nn.Module):
             channels = self.config.filters(filters) if filters is not None else channels
             if row == name:
                 return channels, time, mels
-        raise ValueError(f"EventAudioNet has no row {name!r} ({', '.join(self.names)})")
 
     def forward_with_tap(self, mel: torch.Tensor, tap: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """-> (the ``(B, S * 10, 512)`` steps, row ``tap``'s output ``(B, C, S, time, mels)`` or None)."""
@@ -157,8 +161,8 @@ class EventAudioNet(nn.Module):
             mel = mel.reshape(mel.shape[0], 1, c.segments, 100, 80)
         if mel.dim() != 5 or mel.shape[1:] != (1, c.segments, 100, 80):
             raise ValueError(f"EventAudioNet: input must be (B, 1, {c.segments}, 100, 80), got {tuple(mel.shape)}")
-        if tap is not None and tap not in self.names:
-            raise ValueError(f"EventAudioNet has no row {tap!r} ({', '.join(self.names)})")
+        if tap is not None:
+            self._check_row(tap)
         x, tapped = mel, None
         for name in self.names:
             x = getattr(self, name)(x)

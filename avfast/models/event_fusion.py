@@ -216,10 +216,9 @@ class EventFusionNet(nn.Module):
         elif onsets.shape[-1] != c.steps:
             onsets = onset_steps(onsets.bool(), c.steps)
         av = torch.cat([a, v], -1)                                      # (B, L, 2D)
-        inputs = {"instant": av, "onset": av,
+        inputs = {"instant": av,
+                  "onset": torch.cat([self._onset_audio(tapped), v], -1) if self.onset_tap else av,
                   "continuous": av.view(av.shape[0], c.segments, 10, -1).mean(2)}  # per second (B, seconds, 2D)
-        if self.onset_tap:
-            inputs["onset"] = torch.cat([self._onset_audio(tapped), v], -1)
         logits = torch.stack([self.heads[name](self._pool(name, self.fuse[name](inputs[name]), onsets, energy))
                               for name in c.layers], 1)
         return {"logits": logits, "scores": logits.sigmoid().amax(1), "audio": a, "video": v,
